@@ -1,0 +1,3 @@
+from dfq.cli import main
+
+main()

@@ -1,0 +1,25 @@
+"""`dfq models`: what can be loaded, by source."""
+from __future__ import annotations
+
+import click
+
+from dfq.cli import main
+
+
+@main.command("models")
+@click.argument("pattern", required=False)
+def models_cmd(pattern: str | None) -> None:
+    """List loadable model names by source, optionally filtered by PATTERN (e.g. 'resnet*').
+
+    Bare names are searched in the dfq zoo, then torchvision, then timm; prefix a name with
+    'torchvision:' or 'timm:' to pick the source.
+    """
+    from dfq.models import list_models
+
+    found = list_models(pattern)
+    for source, names in found.items():
+        click.echo(f"{source} ({len(names)}):")
+        for name in names:
+            click.echo(f"  {name}")
+    if not any(found.values()):
+        click.echo(f"no model matches '{pattern}'", err=True)

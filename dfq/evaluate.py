@@ -1,0 +1,60 @@
+"""Top-1 / top-5 accuracy of a model on real images."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dfq.data.images import ImageSet
+from dfq.errors import DfqError
+from dfq.models.data_config import DataConfig
+from dfq.progress import progress
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def torch_predictor(model: nn.Module, device: str | torch.device = "cpu") -> Predictor:
+    """Wrap an nn.Module as a batch -> logits function (eval mode, no grad)."""
+    model.eval().to(device)
+
+    @torch.inference_mode()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return model(x.to(device)).float().cpu()
+
+    return predict
+
+
+def evaluate(
+    target: nn.Module | Predictor,
+    data: ImageSet,
+    cfg: DataConfig,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+) -> dict:
+    """Accuracy of `target` (a model, or a function from normalized batch to logits) on `data`.
+
+    Returns `top1`, `top5` (percent), `n` and `seconds` (inference wall time, data included).
+    """
+    predict = torch_predictor(target, device) if isinstance(target, nn.Module) else target
+    if data.y is None:
+        raise DfqError(f"{data.source}: no labels (array 'y'), so accuracy cannot be measured")
+    correct1 = correct5 = 0
+    start = time.perf_counter()
+    n_batches = (len(data) + batch_size - 1) // batch_size
+    with progress(data.batches(cfg, batch_size), "evaluate", n_batches, show_progress) as it:
+        for x, y in it:
+            logits = predict(x)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += int((top[:, 0] == y).sum())
+            correct5 += int((top == y[:, None]).any(dim=1).sum())
+    seconds = time.perf_counter() - start
+    n = len(data)
+    return {
+        "top1": round(100.0 * correct1 / n, 2),
+        "top5": round(100.0 * correct5 / n, 2),
+        "n": n,
+        "seconds": round(seconds, 3),
+    }

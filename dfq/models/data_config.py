@@ -1,0 +1,59 @@
+"""The preprocessing a model expects: what its first layer was trained to see."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from dfq.errors import DfqError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass
+class DataConfig:
+    """Input size (C, H, W), normalization and resize policy, with timm's names.
+
+    Images are scaled to [0, 1], then normalized as (x - mean) / std. ImageFolder inputs are resized so
+    that the centre crop of `crop_pct` of the short side becomes `input_size`.
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+    num_classes: int = field(default=1000)
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if len(self.input_size) != 3 or min(self.input_size) <= 0:
+            raise DfqError(f"input size must be three positive numbers (C, H, W), got {self.input_size}")
+        channels = self.input_size[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise DfqError(
+                f"mean and std need {channels} values each (one per channel), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if min(self.std) <= 0:
+            raise DfqError(f"std values must be positive, got {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DfqError(
+                f"unknown interpolation '{self.interpolation}'; use one of {', '.join(INTERPOLATIONS)}"
+            )
+        if not 0 < self.crop_pct <= 1:
+            raise DfqError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dfq.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_help_lists_commands():
+    res = run("--help")
+    assert res.exit_code == 0
+    assert "evaluate" in res.output and "models" in res.output
+
+
+def test_unknown_model_is_one_line_exit_2():
+    res = run("evaluate", "resnt18", "--data", "x.npz")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: unknown model 'resnt18'; did you mean resnet18?"
+    assert "Traceback" not in res.output
+
+
+def test_debug_shows_the_exception():
+    res = run("--debug", "evaluate", "resnt18", "--data", "x.npz")
+    assert res.exit_code != 0
+    assert res.exception is not None and "resnt18" in str(res.exception)
+
+
+def test_models_lists_sources():
+    res = run("models", "cifar10_*")
+    assert res.exit_code == 0
+    assert "dfq (4):" in res.output and "cifar10_resnet56" in res.output
+
+
+def _tiny_npz(tmp_path, x, y):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_evaluate_json_is_one_object(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    path = _tiny_npz(tmp_path, x, np.arange(6))
+    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", path, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"top1", "top5", "n", "seconds"} <= out.keys() and out["n"] == 6
+
+
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (np.zeros((4, 3, 16, 16), np.uint8), np.arange(4), "images are 3x16x16 but the model expects 3x32x32"),
+        (np.zeros((4, 3, 32, 32), np.uint8), np.array([0, 1, 2, 10]), "labels range over 0..10"),
+        (np.zeros((4, 32, 32), np.uint8), np.arange(4), "non-empty 4-D array"),
+    ],
+)
+def test_bad_data_exit_2(tmp_path, x, y, message):
+    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", _tiny_npz(tmp_path, x, y))
+    assert res.exit_code == 2
+    assert message in res.stderr and "Traceback" not in res.output
+
+
+def test_bad_weights_exit_2(tmp_path):
+    junk = tmp_path / "junk.th"
+    junk.write_bytes(b"\x00" * 64)
+    res = run("evaluate", "cifar10_resnet20", "--weights", junk, "--data", "x.npz")
+    assert res.exit_code == 2 and "is not a PyTorch checkpoint" in res.stderr
