@@ -6,7 +6,7 @@ import json
 import click
 
 from dfq.cli import main
-from dfq.cli.options import device, model_options, resolve_device
+from dfq.cli.options import device, model_options, open_model, resolve_device
 
 
 @main.command("evaluate")
@@ -23,10 +23,9 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, a
     """Top-1 / top-5 accuracy of TARGET (a model name) on real images."""
     from dfq.data import load_images
     from dfq.evaluate import evaluate
-    from dfq.models import load_model
 
     dev = resolve_device(device)
-    model, cfg = load_model(target, weights=weights, pretrained=pretrained)
+    model, cfg = open_model(target, weights, pretrained)
     images = load_images(data, cfg, limit=limit)
     images.check_fits(cfg, cfg.num_classes)
     result = evaluate(model, images, cfg, batch_size=batch_size, device=dev, show_progress=not as_json)

@@ -12,7 +12,9 @@ def models_cmd(pattern: str | None) -> None:
     """List loadable model names by source, optionally filtered by PATTERN (e.g. 'resnet*').
 
     Bare names are searched in the dfq zoo, then torchvision, then timm; prefix a name with
-    'torchvision:' or 'timm:' to pick the source.
+    'torchvision:' or 'timm:' to pick the source. Your own architecture is named
+    'package.module:factory' (a callable returning an nn.Module, importable from the current
+    directory), loaded with --weights.
     """
     from dfq.models import list_models
 
@@ -21,5 +23,7 @@ def models_cmd(pattern: str | None) -> None:
         click.echo(f"{source} ({len(names)}):")
         for name in names:
             click.echo(f"  {name}")
+    click.echo("custom: package.module:factory (e.g. mymodels:tiny_net --weights w.pth); a TorchScript "
+               "or pickled-model file with --trust-checkpoint")
     if not any(found.values()):
         click.echo(f"no model matches '{pattern}'", err=True)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 from torch import nn
 
 from dfq.errors import DfqError
+from dfq.models.custom import build_from_factory, load_model_file, looks_like_file
 from dfq.models.data_config import DataConfig
 from dfq.models.sources import SOURCES
 from dfq.models.weights import apply_state_dict, read_state_dict
@@ -35,13 +37,9 @@ def list_models(pattern: str | None = None) -> dict[str, list[str]]:
 
 
 def resolve_name(name: str) -> tuple[str, str]:
-    """Split `source:arch` or find a bare name's source; unknown names get a suggestion."""
+    """Split `source:arch` (a registered source) or find a bare name's source, with suggestions."""
     if ":" in name:
         src, arch = name.split(":", 1)
-        if src not in SOURCES:
-            raise DfqError(
-                f"unknown model source '{src}' in '{name}'; use one of {', '.join(SEARCH_ORDER)}"
-            )
         if arch not in source_names(src):
             raise DfqError(_unknown(name, arch, source_names(src), prefix=f"{src}:"))
         return src, arch
@@ -57,25 +55,72 @@ def load_model(
     weights: str | Path | None = None,
     pretrained: bool | None = None,
     num_classes: int | None = None,
+    trust_checkpoint: bool = False,
+    data_overrides: dict | None = None,
 ) -> tuple[nn.Module, DataConfig]:
     """Build model `name` in eval mode and return it with its data config.
 
     Args:
         name: `resnet18` (dfq zoo, then torchvision, then timm), `torchvision:NAME`, `timm:NAME`,
-            or a dfq zoo name such as `cifar10_resnet20`.
-        weights: a checkpoint to load (raw state dict, or one under `state_dict` / `model`).
+            a dfq zoo name such as `cifar10_resnet20`, a custom factory `package.module:callable`, or
+            a TorchScript / pickled-module file (only with `trust_checkpoint`).
+        weights: a checkpoint to load (raw state dict, or one under `state_dict` / `model`). When its
+            classifier has another number of classes, the model is built with that number.
         pretrained: download/use cached published weights; defaults to True unless `weights` is given.
         num_classes: size of the classifier head, when it differs from the architecture's default.
+        trust_checkpoint: allow whole-model files, which run code from the file when loaded.
+        data_overrides: DataConfig fields to replace (`input_size`, `mean`, `std`, ...).
     """
     if weights is not None and pretrained:
         raise DfqError("give either --weights or --pretrained, not both")
-    if pretrained is None:
-        pretrained = weights is None
-    src, arch = resolve_name(name)
-    model, cfg = SOURCES[src].build(arch, pretrained, num_classes)
-    if weights is not None:
-        apply_state_dict(model, read_state_dict(weights), str(weights))
+    state = read_state_dict(weights) if weights is not None else None
+    if looks_like_file(name):
+        model, cfg = _from_file(Path(name), trust_checkpoint)
+    elif ":" in name and name.split(":", 1)[0] not in SOURCES:
+        model = build_from_factory(name, num_classes)
+        ckpt_classes = _checkpoint_classes(model, state) if num_classes is None else None
+        if ckpt_classes is not None:
+            model = build_from_factory(name, ckpt_classes)
+        cfg = DataConfig(num_classes=_head(model)[1] or num_classes or 1000)
+    else:
+        src, arch = resolve_name(name)
+        use_pretrained = weights is None if pretrained is None else pretrained
+        model, cfg = SOURCES[src].build(arch, use_pretrained, num_classes)
+        ckpt_classes = _checkpoint_classes(model, state) if num_classes is None else None
+        if ckpt_classes is not None:
+            model, cfg = SOURCES[src].build(arch, False, ckpt_classes)
+    if state is not None:
+        apply_state_dict(model, state, str(weights))
+    if data_overrides:
+        cfg = replace(cfg, **{k: v for k, v in data_overrides.items() if v is not None})
     return model.eval(), cfg
+
+
+def _from_file(path: Path, trust: bool) -> tuple[nn.Module, DataConfig]:
+    if not path.exists():
+        raise DfqError(f"model file not found: {path}")
+    model = load_model_file(path, trust)
+    return model, DataConfig(num_classes=_head(model)[1] or 1000)
+
+
+def _head(model: nn.Module) -> tuple[str | None, int | None]:
+    """Name and width of the classifier: the last nn.Linear in module order."""
+    last = (None, None)
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (mod_name, mod.out_features)
+    return last
+
+
+def _checkpoint_classes(model: nn.Module, state: dict | None) -> int | None:
+    """Number of classes of the checkpoint's head when it differs from the model's, else None."""
+    name, width = _head(model)
+    if state is None or name is None:
+        return None
+    w = state.get(f"{name}.weight")
+    if w is None or w.ndim != 2 or w.shape[0] == width:
+        return None
+    return int(w.shape[0])
 
 
 def _unknown(name: str, arch: str, candidates: tuple[str, ...] | list[str], prefix: str = "") -> str:

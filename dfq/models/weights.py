@@ -30,7 +30,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if "Unsupported global" in str(e):
             raise DfqError(
                 f"{p} holds pickled Python objects, not just tensors; loading it would run code from "
-                "the file. Save a state dict instead (torch.save(model.state_dict(), path))"
+                "the file. Save a state dict instead (torch.save(model.state_dict(), path)), or, if "
+                "you trust the file, give it as the MODEL with --trust-checkpoint"
             ) from None
         raise DfqError(f"{p} is not a PyTorch checkpoint ({_first_line(e)})") from None
     except Exception as e:  # torch raises RuntimeError/EOFError/ValueError for foreign files

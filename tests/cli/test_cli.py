@@ -70,3 +70,52 @@ def test_bad_weights_exit_2(tmp_path):
     junk.write_bytes(b"\x00" * 64)
     res = run("evaluate", "cifar10_resnet20", "--weights", junk, "--data", "x.npz")
     assert res.exit_code == 2 and "is not a PyTorch checkpoint" in res.stderr
+
+
+def test_models_explains_custom_factories():
+    res = run("models", "resnet18")
+    assert "package.module:factory" in res.output and "torchvision (" in res.output
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--input-size", "0"], "Invalid value for '--input-size'"),
+        (["--input-size", "3 a 2"], "Invalid value for '--input-size'"),
+        (["--mean", "0.5,zero,0.5"], "Invalid value for '--mean'"),
+        (["--crop-pct", "1.5"], "Invalid value for '--crop-pct'"),
+    ],
+)
+def test_bad_preprocessing_flags_are_usage_errors(flags, message):
+    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", "x.npz", *flags)
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_mean_of_wrong_length_is_one_line(tmp_path):
+    x = np.zeros((2, 3, 32, 32), np.uint8)
+    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", _tiny_npz(tmp_path, x, np.arange(2)),
+              "--mean", "0.5,0.5")
+    assert res.exit_code == 2 and "mean and std need 3 values" in res.stderr
+
+
+def test_input_size_override_lets_a_224_model_read_32px_data(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    path = _tiny_npz(tmp_path, x, np.arange(3))
+    res = run("evaluate", "torchvision:resnet18", "--no-pretrained", "--data", path)
+    assert res.exit_code == 2 and "pass --input-size" in res.stderr
+    res = run("evaluate", "torchvision:resnet18", "--no-pretrained", "--data", path,
+              "--input-size", "32", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 3
+
+
+def test_pickled_model_file_explains_the_risk(tmp_path):
+    import torch
+
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)), tmp_path / "m.pt")
+    x = np.zeros((2, 3, 32, 32), np.uint8)
+    data = _tiny_npz(tmp_path, x, np.arange(2))
+    res = run("evaluate", tmp_path / "m.pt", "--data", data, "--input-size", "32")
+    assert res.exit_code == 2 and "--trust-checkpoint" in res.stderr and "runs code" in res.stderr
+    res = run("evaluate", tmp_path / "m.pt", "--data", data, "--input-size", "32", "--trust-checkpoint")
+    assert res.exit_code == 0, res.output

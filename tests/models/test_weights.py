@@ -66,9 +66,10 @@ def test_other_architecture_is_refused(tmp_path):
 
 
 def test_shape_mismatch_names_both_shapes(tmp_path):
-    sd = cifar_resnet(20, num_classes=100).state_dict()
+    sd = cifar_resnet(20).state_dict()
+    sd["conv1.weight"] = torch.zeros(16, 3, 5, 5)
     torch.save(sd, tmp_path / "w.pth")
-    with pytest.raises(DfqError, match=r"'linear.weight' has shape \(100, 64\) in the file but \(10, 64\)"):
+    with pytest.raises(DfqError, match=r"'conv1.weight' has shape \(16, 3, 5, 5\) in the file but \(16, 3, 3, 3\)"):
         load_model("cifar10_resnet20", weights=tmp_path / "w.pth")
 
 
@@ -82,3 +83,9 @@ def test_dict_without_state_dict(tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "w.pth")
     with pytest.raises(DfqError, match="without a state dict"):
         load_model("cifar10_resnet20", weights=tmp_path / "w.pth")
+
+
+def test_head_width_follows_the_checkpoint(tmp_path):
+    torch.save(cifar_resnet(20, num_classes=100).state_dict(), tmp_path / "w.pth")
+    model, cfg = load_model("cifar10_resnet20", weights=tmp_path / "w.pth")
+    assert model.linear.out_features == 100 and cfg.num_classes == 100
