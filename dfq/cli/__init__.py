@@ -39,7 +39,7 @@ def main(debug: bool) -> None:
 
 
 def _register() -> None:
-    from dfq.cli import evaluate, models  # noqa: F401  (commands attach themselves to `main`)
+    from dfq.cli import evaluate, export, models, quantize, synthesize  # noqa: F401  (commands attach themselves to `main`)
 
 
 _register()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -18,14 +19,31 @@ from dfq.cli.options import device, model_options, open_model, resolve_device
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @device
+@click.option("--providers", default=None,
+              help="For an .onnx TARGET: onnxruntime execution providers, comma-separated "
+                   "(default CPUExecutionProvider).")
+@click.option("--latency", is_flag=True,
+              help="For an .onnx TARGET: also measure batch-1 p50/p90 latency and batch-32 "
+                   "throughput.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, as_json) -> None:
+def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, providers, latency,
+                 as_json) -> None:
     """Top-1 / top-5 accuracy of TARGET (a model name) on real images."""
     from dfq.data import load_images
     from dfq.evaluate import evaluate
 
+    if target.endswith(".onnx"):
+        _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json)
+        return
+    if providers or latency:
+        raise click.UsageError("--providers and --latency apply to an .onnx TARGET only")
     dev = resolve_device(device)
-    model, cfg = open_model(target, weights, pretrained)
+    if (Path(target) / "quantized.pt").is_file():  # a `dfq quantize` output directory
+        from dfq.quant.io import load_quantized
+
+        model, cfg = load_quantized(target)
+    else:
+        model, cfg = open_model(target, weights, pretrained)
     images = load_images(data, cfg, limit=limit)
     images.check_fits(cfg, cfg.num_classes)
     result = evaluate(model, images, cfg, batch_size=batch_size, device=dev, show_progress=not as_json)
@@ -35,3 +53,22 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, a
     else:
         click.echo(f"{target}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
                    f"({result['n']} images, {result['seconds']:.1f} s)")
+
+
+def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json) -> None:
+    from dfq.export.evaluate import evaluate_onnx
+
+    names = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
+    result = evaluate_onnx(target, data, names, batch_size, limit, latency,
+                           show_progress=not as_json)
+    result.update(target=target, data=str(data))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    line = (f"{target}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+            f"({result['n']} images, {result['seconds']:.1f} s, {result['providers'][0]})")
+    if latency:
+        line += (f"\n  latency batch 1: p50 {result['latency_ms_p50']:.2f} ms, "
+                 f"p90 {result['latency_ms_p90']:.2f} ms; "
+                 f"batch 32: {result['throughput_b32']:.0f} images/s")
+    click.echo(line)

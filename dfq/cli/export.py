@@ -1,0 +1,76 @@
+"""`dfq export`: a quantize output directory (QDQ) or a model name (float) to a checked .onnx."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dfq.cli import main
+from dfq.cli.options import model_options, open_model
+
+CALIB_NAMES = ("calibration.npz", "calib.npz")
+
+
+@main.command("export")
+@click.argument("target")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The .onnx file to write.")
+@model_options
+@click.option("--opset", type=click.IntRange(13, 21), default=13, show_default=True)
+@click.option("--int4", is_flag=True,
+              help="Native INT4 / UINT4 tensors (needs --opset 21; onnxruntime's CPU provider runs "
+                   "them unfused, so slower than the default).")
+@click.option("--calib", type=click.Path(exists=True), default=None,
+              help="Images for the onnxruntime check (default: the calibration set in TARGET, "
+                   "else standard-normal images).")
+@click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch comparison.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, as_json) -> None:
+    """Write TARGET as ONNX: a `dfq quantize` output directory as QDQ, or a model name as float."""
+    from dfq.export import ExportConfig, export_onnx, prepare_for_export
+
+    cfg = ExportConfig(opset=opset, int4=int4, check=not no_check)
+    quantized = Path(target).exists()
+    if quantized:
+        from dfq.quant.io import load_quantized
+
+        if weights or pretrained:
+            raise click.UsageError("--weights / --pretrained apply to a model name, not to a "
+                                   "quantize output directory")
+
+        model, data_config = load_quantized(target)
+    else:
+        model, data_config = open_model(target, weights, pretrained)
+    images = _calib_images(calib, Path(target) if quantized else None, data_config)
+    if quantized:
+        import torch
+
+        prepare_for_export(model, images if images is not None
+                           else torch.randn(64, *data_config.input_size))
+    summary = export_onnx(model, out, cfg, data_config, images)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    size = summary["bytes"] / 1e6
+    line = f"wrote {out} ({summary['quantization']}, opset {opset}, {size:.2f} MB)"
+    if "check" in summary:
+        c = summary["check"]
+        line += (f"; onnxruntime vs PyTorch on {c['images']} images: median deviation "
+                 f"{c['median_max_dev_steps']:.2f} output steps, argmax agreement "
+                 f"{100 * c['argmax_agreement']:.1f}%")
+    click.echo(line)
+
+
+def _calib_images(calib: str | None, quant_dir: Path | None, data_config):
+    """Normalized images for the check: --calib, else the quantize directory's calibration set."""
+    from dfq.data import load_images
+
+    path = Path(calib) if calib else None
+    if path is None and quant_dir is not None and quant_dir.is_dir():
+        path = next((quant_dir / n for n in CALIB_NAMES if (quant_dir / n).is_file()), None)
+    if path is None:
+        return None
+    images = load_images(path, data_config, limit=256)
+    images.check_fits(data_config)
+    return images.normalize(images.x, data_config)

@@ -1,0 +1,75 @@
+"""`dfq quantize`: W4A4 / W8A8 fake quantization fine-tuned by distillation, written to a directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dfq.cli import main
+from dfq.cli.options import device, model_options, open_model, resolve_device
+
+BITS = click.IntRange(2, 8)
+
+
+def _first_last(ctx, param, value):
+    if value is None or value == "same":
+        return value
+    try:
+        bits = int(value)
+    except ValueError:
+        bits = 0
+    if not 2 <= bits <= 8:
+        raise click.BadParameter(f"expected 8 (or another width 2..8) or 'same', got '{value}'")
+    return bits
+
+
+@main.command("quantize")
+@click.argument("model_name", metavar="MODEL")
+@model_options
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None,
+              help="Weights and activations: W4A4 or W8A8.")
+@click.option("--wbits", type=BITS, default=None, help="Weight bits (with --abits), 2..8.")
+@click.option("--abits", type=BITS, default=None, help="Activation bits (with --wbits), 2..8.")
+@click.option("--first-last-bits", callback=_first_last, default=None,
+              help="Bits of the first conv and last linear: 8 (default) or 'same' (all layers alike).")
+@click.option("--calib", type=click.Path(), default=None,
+              help="Existing calibration set (.npz from `dfq synthesize`, real images as .npz or an "
+                   "ImageFolder); skips synthesis.")
+@click.option("-n", "--num-images", type=click.IntRange(min=1), default=None,
+              help="Calibration images to synthesize (or to take from --calib) [recipe].")
+@click.option("--recipe", default=None, help="Recipe name (cifar, imagenet) or YAML file; default by "
+                                             "input size.")
+@click.option("--out", type=click.Path(), default=None, help="Output directory [MODEL-wWaA].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--export/--no-export", default=True, show_default=True,
+              help="Also write model.onnx (QDQ, integer kernels), checked against PyTorch.")
+def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, first_last_bits, calib,
+                 num_images, recipe, out, seed, device, overwrite, export) -> None:
+    """Quantize MODEL without its training data and fine-tune it by distillation."""
+    from dfq.quant.pipeline import quant_config, run_quantize
+    from dfq.synth.recipe import synth_config
+
+    if bits is not None and (wbits is not None or abits is not None):
+        raise click.UsageError("give either --bits or --wbits with --abits, not both")
+    if bits is None and (wbits is None) != (abits is None):
+        raise click.UsageError("--wbits and --abits go together; give both (or --bits 4|8)")
+    if bits is None and wbits is None:
+        raise click.UsageError("say how many bits: --bits 4|8, or --wbits W --abits A")
+    if bits is not None:
+        wbits = abits = int(bits)
+    dev = resolve_device(device)
+    model, data_config = open_model(model_name, weights, pretrained)
+    cfg = quant_config(recipe, data_config, {"wbits": wbits, "abits": abits,
+                                             "first_last_bits": first_last_bits})
+    scfg = synth_config(recipe, data_config, {"num_images": num_images, "seed": seed})
+    fl = "" if cfg.first_last_bits != "same" else "-same"
+    out = Path(out or f"{model_name.replace(':', '_')}-w{cfg.wbits}a{cfg.abits}{fl}")
+    report = run_quantize(model, model_name, data_config, cfg, out, calib=calib, synth_cfg=scfg,
+                          seed=seed, device=dev, overwrite=overwrite, export=export)
+    times = " ".join(f"{k} {v['seconds']:.0f}s" for k, v in report["stages"].items())
+    click.echo(f"{out}: W{cfg.wbits}A{cfg.abits} {model_name}, {report['num_calibration_images']} "
+               f"calibration images; {times}; total {report['total_seconds']:.0f} s")
+    if report["unquantized_layers"]:
+        click.echo("left in float: " + "; ".join(report["unquantized_layers"]))

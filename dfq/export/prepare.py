@@ -1,0 +1,143 @@
+"""`prepare_for_export`: give the convolutions onnxruntime could not fuse an 8-bit output quantizer.
+
+onnxruntime turns DQ -> Conv -> Q into QLinearConv only when a QuantizeLinear directly follows the
+conv (a ReLU in between is dropped when the Q's zero point is its minimum). A conv whose output
+feeds a residual Add, a pooling layer, or a ReLU that also feeds the shortcut has no such Q, so it
+would run in float. Those layers get `output_quantizer`: unsigned 8-bit when a ReLU is the only
+consumer (a Q at zero point 0 equals ReLU then Q), signed 8-bit otherwise, calibrated on calibration
+images.
+The PyTorch model applies it too, so the fake-quant model and the ONNX graph compute the same thing.
+"""
+from __future__ import annotations
+
+import onnx
+import torch
+from torch import nn
+
+from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, trace_graph
+
+OUTPUT_BITS = 8
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _is_marker(node: onnx.NodeProto) -> bool:
+    return node.domain == MARKER_DOMAIN and node.op_type == MARKER_OP
+
+
+def _tag(node: onnx.NodeProto) -> str:
+    return next(a.s.decode() for a in node.attribute if a.name == "tag")
+
+
+def unfused_layers(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, bool]:
+    """Quantized convs that need an output quantizer, each with whether it must be signed."""
+    from dfq.quant.layers import QuantConv2d
+
+    proto, found = trace_graph(model, input_size, 13)
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers = _consumers(graph)
+    need: dict[str, bool] = {}
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        w = producers.get(node.input[1])
+        x = producers.get(node.input[0])
+        if not (w and x and _is_marker(w) and _is_marker(x)):
+            continue  # weight or input not quantized: no QLinearConv to aim for
+        layer = _tag(w).rsplit(".", 1)[0]
+        module = model.get_submodule(layer)
+        if not isinstance(module, QuantConv2d) or module.output_quantizer is not None:
+            continue
+        signed = _needs_output_q(node.output[0], consumers, found)
+        if signed is not None:
+            need[layer] = signed
+    return need
+
+
+def _needs_output_q(out: str, consumers: dict, found: dict) -> bool | None:
+    """None when a Q already follows (maybe past a droppable ReLU); else the signedness to add."""
+    users = consumers.get(out, [])
+    if len(users) == 1 and _is_marker(users[0]):
+        return None
+    if len(users) == 1 and users[0].op_type == "Relu":
+        after = consumers.get(users[0].output[0], [])
+        if len(after) == 1 and _is_marker(after[0]) and not found[_tag(after[0])].signed:
+            return None
+        return False
+    return True
+
+
+@torch.no_grad()
+def snap_biases(model: nn.Module) -> list[str]:
+    """Round each quantized layer's bias to its int32 grid `s_in * s_w`, as QLinearConv stores it.
+
+    At 4 bits that grid is coarse enough that a float bias would move a few percent of the next
+    layer's codes by one step; snapped, PyTorch computes what the integer kernel computes.
+    """
+    from dfq.quant.layers import quant_layers
+    from dfq.quant.quantizer import MIN_SCALE
+
+    done = []
+    for name, layer in quant_layers(model).items():
+        if layer.bias is None or layer.input_quantizer is None or not layer.input_quantizer.enabled:
+            continue
+        s_b = bias_scale(layer.input_quantizer.scale, layer.weight_quantizer.scale, MIN_SCALE)
+        layer.bias.copy_(torch.round(layer.bias / s_b) * s_b)
+        done.append(name)
+    return done
+
+
+def bias_scale(s_in: torch.Tensor, s_w: torch.Tensor, min_scale: float) -> torch.Tensor:
+    """The int32 bias step of a layer, float32 as the exporter writes it."""
+    s_in = s_in.detach().float().clamp_min(min_scale).reshape(())
+    return (s_in * s_w.detach().float().clamp_min(min_scale).reshape(-1))
+
+
+@torch.no_grad()
+def prepare_for_export(model: nn.Module, calib: torch.Tensor,
+                       input_size: tuple[int, ...] | None = None,
+                       batch_size: int = 64) -> list[str]:
+    """Attach and calibrate output quantizers where onnxruntime needs them, then snap the biases.
+
+    Returns the layers that got an output quantizer. Idempotent: layers that already carry one are
+    left alone, and a snapped bias stays where it is.
+    """
+    input_size = input_size or tuple(calib.shape[1:])
+    need = unfused_layers(model, input_size)
+    if need:
+        _attach_output_quantizers(model, need, calib, batch_size)
+    snap_biases(model)
+    return list(need)
+
+
+def _attach_output_quantizers(model: nn.Module, need: dict[str, bool], calib: torch.Tensor,
+                              batch_size: int) -> None:
+    from dfq.quant.calibrate import InputStats, init_act_scale
+    from dfq.quant.quantizer import Quantizer
+
+    stats = {name: InputStats(order=i) for i, name in enumerate(need)}
+    gen = torch.Generator().manual_seed(0)
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _i, out, n=n: stats[n].add(out, gen)) for n in need]
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(calib), batch_size):
+            model(calib[i:i + batch_size].float())
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for name, signed in need.items():
+        layer = model.get_submodule(name)
+        q = Quantizer(OUTPUT_BITS, signed).to(layer.weight.device)
+        init_act_scale(q, stats[name].sample(), "mse")
+        q.scale.requires_grad_(False)
+        layer.output_quantizer = q

@@ -1,0 +1,107 @@
+"""Range initialization: where the quantization grid starts before any fine-tuning.
+
+Weights: per output channel, the clipping value minimizing the squared rounding error (a grid search
+over fractions of max |w|). Activations: per tensor, from a sample of each layer's inputs on the
+calibration set, the clipping value minimizing the squared error (`mse`) or a percentile of |x|.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dfq.quant.quantizer import Quantizer
+
+SAMPLE_PER_BATCH = 20_000
+SAMPLE_MAX = 200_000
+
+
+@dataclass
+class InputStats:
+    """What the observation pass learns about the input of one layer."""
+
+    order: int
+    min: float = float("inf")
+    max: float = float("-inf")
+    samples: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor, gen: torch.Generator) -> None:
+        x = x.detach().float().flatten()
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        if sum(len(s) for s in self.samples) < SAMPLE_MAX:
+            idx = torch.randint(0, x.numel(), (min(SAMPLE_PER_BATCH, x.numel()),), generator=gen)
+            self.samples.append(x[idx.to(x.device)].cpu())
+
+    def sample(self) -> torch.Tensor:
+        return torch.cat(self.samples)
+
+
+@torch.no_grad()
+def observe_inputs(model: nn.Module, names: list[str], batches: list[torch.Tensor],
+                   seed: int = 0) -> dict[str, InputStats]:
+    """Run `batches` through `model` and record the inputs of the modules `names` (in call order)."""
+    stats: dict[str, InputStats] = {}
+    gen = torch.Generator().manual_seed(seed)
+    handles = []
+
+    def hook(name):
+        def pre(_m, inp):
+            st = stats.setdefault(name, InputStats(order=len(stats)))
+            st.add(inp[0], gen)
+        return pre
+
+    for name in names:
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook(name)))
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _fake(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+
+
+@torch.no_grad()
+def init_weight_scale(q: Quantizer, w: torch.Tensor, method: str = "mse", steps: int = 80) -> None:
+    """Per-channel clipping search on `w` (channel axis 0); `minmax` takes max |w| as it is."""
+    flat = w.detach().flatten(1).float()
+    amax = flat.abs().amax(dim=1).clamp_min(1e-8)
+    best_scale = amax / q.qmax
+    if method == "mse":
+        best_err = torch.full_like(amax, float("inf"))
+        for frac in torch.linspace(1.0, 0.2, steps):
+            scale = (amax * frac / q.qmax).clamp_min(1e-8)
+            err = (_fake(flat, scale[:, None], q.qmin, q.qmax) - flat).pow(2).sum(dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, scale, best_scale)
+    elif method != "minmax":
+        raise ValueError(f"unknown weight init '{method}'")
+    q.set_scale(best_scale.to(q.scale.dtype))
+
+
+@torch.no_grad()
+def init_act_scale(q: Quantizer, sample: torch.Tensor, method: str = "mse",
+                   percentile: float = 99.99, steps: int = 100) -> None:
+    """Per-tensor step size from a sample of the tensor's values."""
+    x = sample.float()
+    amax = float(x.abs().max()) if q.signed else float(x.clamp_min(0).max())
+    amax = max(amax, 1e-8)
+    if method == "minmax":
+        clip = amax
+    elif method == "percentile":
+        clip = float(torch.quantile(x.abs(), percentile / 100.0))
+    elif method == "mse":
+        fracs = torch.linspace(1.0, 0.05, steps)
+        errs = [(_fake(x, amax * f / q.qmax, q.qmin, q.qmax) - x).pow(2).mean()
+                for f in fracs]
+        clip = amax * float(fracs[int(torch.stack(errs).argmin())])
+    else:
+        raise ValueError(f"unknown activation init '{method}'")
+    q.set_scale(max(clip, 1e-8) / q.qmax)

@@ -1,0 +1,78 @@
+"""`QuantConfig`: the `quant:` section of a recipe (bits, protocol, range init, fine-tuning budgets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfq.errors import DfqError
+
+WEIGHT_INITS = ("mse", "minmax")
+ACT_INITS = ("mse", "percentile", "minmax")
+KD_PARAMS = ("all", "scales")
+
+
+@dataclass
+class QuantConfig:
+    """Defaults are the "deploy" protocol of DESIGN section 2 and the fine-tuning of section 3."""
+
+    wbits: int = 4
+    abits: int = 4
+    first_last_bits: int | str = 8  # bits of the first conv and last linear, or "same"
+    weight_init: str = "mse"
+    act_init: str = "mse"
+    act_percentile: float = 99.99
+    calib_batch_size: int = 64
+    # block reconstruction (BRECQ / QDrop)
+    reconstruct: bool = True
+    recon_iters: int = 300  # per block
+    recon_batch_size: int = 32
+    recon_lr_round: float = 1e-3  # AdaRound soft bits
+    recon_lr_act: float = 4e-4  # activation step sizes
+    round_reg_weight: float = 0.01
+    round_warmup: float = 0.2  # share of iterations before the rounding regularizer starts
+    qdrop_prob: float = 0.5
+    # network distillation
+    kd_iters: int = 300
+    kd_batch_size: int = 64
+    kd_lr: float = 1e-5
+    kd_params: str = "scales"  # "scales": step sizes and biases; "all": also weights (STE)
+    kd_temperature: float = 4.0
+    relation_weight: float = 0.1
+    relation_margin: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("wbits", "abits"):
+            bits = getattr(self, name)
+            if not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise DfqError(f"{name} must be an integer from 2 to 8, got {bits!r}")
+        if self.first_last_bits != "same" and (
+                not isinstance(self.first_last_bits, int) or not 2 <= self.first_last_bits <= 8):
+            raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
+        _choice("weight_init", self.weight_init, WEIGHT_INITS)
+        _choice("act_init", self.act_init, ACT_INITS)
+        _choice("kd_params", self.kd_params, KD_PARAMS)
+        if not 50.0 < self.act_percentile <= 100.0:
+            raise DfqError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
+        for name in ("calib_batch_size", "recon_batch_size", "kd_batch_size"):
+            if getattr(self, name) < 1:
+                raise DfqError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("recon_iters", "kd_iters"):
+            if getattr(self, name) < 0:
+                raise DfqError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("recon_lr_round", "recon_lr_act", "kd_lr", "kd_temperature"):
+            if not getattr(self, name) > 0:
+                raise DfqError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("qdrop_prob", "round_warmup"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise DfqError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.round_reg_weight < 0 or self.relation_weight < 0 or self.relation_margin < 0:
+            raise DfqError("round_reg_weight, relation_weight and relation_margin must be >= 0")
+
+    @property
+    def edge_bits(self) -> int:
+        """Bits of the first conv and last linear."""
+        return self.wbits if self.first_last_bits == "same" else int(self.first_last_bits)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DfqError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

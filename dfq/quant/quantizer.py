@@ -1,0 +1,87 @@
+"""The fake quantizer: uniform grid, zero point 0, learnable step size (LSQ), straight-through rounding.
+
+Zero point 0 everywhere keeps the exported graph on the integer kernels onnxruntime and TensorRT fuse:
+signed tensors use a symmetric grid, non-negative ones (after ReLU) a grid starting at 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MIN_SCALE = 1e-8
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Same value, gradient multiplied by `factor` (LSQ keeps step-size updates in scale with weights)."""
+    return (x - x * factor).detach() + x * factor
+
+
+class Quantizer(nn.Module):
+    """`clamp(round(x / s), qmin, qmax) * s`, per tensor or per channel along `channel_axis`.
+
+    `drop_prob` > 0 (set only while reconstructing, see `reconstruct.qdrop`) passes a random share of
+    elements through unquantized when gradients are on, QDrop's regularizer; it is 0 in every saved or
+    evaluated model. (Not tied to `training`, so dropout / stochastic depth stay off meanwhile.)
+    """
+
+    def __init__(self, bits: int, signed: bool, channel_axis: int | None = None,
+                 num_channels: int = 1) -> None:
+        super().__init__()
+        if not 2 <= int(bits) <= 16:
+            raise ValueError(f"bits must be in 2..16, got {bits}")
+        if channel_axis not in (None, 0):
+            raise ValueError(f"channel_axis must be None (per tensor) or 0, got {channel_axis}")
+        self.bits = int(bits)
+        self.signed = bool(signed)
+        self.channel_axis = channel_axis
+        shape = (int(num_channels),) if channel_axis is not None else ()
+        self.scale = nn.Parameter(torch.ones(shape))
+        self.enabled = True
+        self.drop_prob = 0.0
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+
+    def step(self, like: torch.Tensor) -> torch.Tensor:
+        """The step size broadcastable against `like` (positive even if the parameter strays)."""
+        s = self.scale.clamp_min(MIN_SCALE)
+        if self.channel_axis is None:
+            return s
+        return s.view(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def set_scale(self, scale: torch.Tensor | float) -> None:
+        self.scale.copy_(torch.as_tensor(scale, dtype=self.scale.dtype).clamp_min(MIN_SCALE)
+                         .expand_as(self.scale))
+
+    def integer(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer codes `clamp(round(x / s))`, as float (what an exporter stores)."""
+        return torch.clamp(torch.round(x / self.step(x)), self.qmin, self.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        per_scale = x.numel() / max(1, self.scale.numel())
+        s = self.step(x)
+        if self.scale.requires_grad and torch.is_grad_enabled():
+            s = grad_scale(s, 1.0 / math.sqrt(per_scale * max(1, self.qmax)))
+        q = torch.clamp(round_ste(x / s), self.qmin, self.qmax) * s
+        if self.drop_prob > 0 and torch.is_grad_enabled():
+            q = torch.where(torch.rand_like(x) < self.drop_prob, x, q)
+        return q
+
+    def extra_repr(self) -> str:
+        axis = "per tensor" if self.channel_axis is None else f"per channel (axis {self.channel_axis})"
+        return f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, {axis}"

@@ -1,0 +1,186 @@
+"""Block reconstruction (BRECQ / QDrop): make each quantized block reproduce its FP block's output.
+
+Block by block, in forward order: weights get AdaRound soft bits (learned up-or-down rounding with an
+annealed regularizer that pushes each toward 0 or 1), activation step sizes are learned, and QDrop
+randomly leaves half of the activations unquantized (and mixes FP and quantized block inputs), which
+flattens the loss landscape the quantized model ends up in. Weights are baked at the end of a block.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from dfq.progress import StepBar
+from dfq.quant.config import QuantConfig
+from dfq.quant.layers import QuantLayer, quant_layers
+from dfq.quant.quantizer import Quantizer
+
+ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+class AdaRound(nn.Module):
+    """Weight `clamp(floor(w / s) + h(alpha), qmin, qmax) * s`, h soft in [0, 1] or hard (alpha >= 0)."""
+
+    def __init__(self, q: Quantizer, w: torch.Tensor) -> None:
+        super().__init__()
+        self.qmin, self.qmax = q.qmin, q.qmax
+        self.register_buffer("s", q.step(w).detach().clone())
+        scaled = w.detach() / self.s
+        self.register_buffer("floor", scaled.floor())
+        rest = (scaled - self.floor).clamp(0.01, 0.99)
+        self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+        self.soft = True
+
+    def h(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        up = self.h() if self.soft else (self.alpha >= 0).to(w.dtype)
+        return torch.clamp(self.floor + up, self.qmin, self.qmax) * self.s
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+
+
+def units(model: nn.Module, prefix: str = "") -> list[str]:
+    """Reconstruction units in definition order: blocks (non-container modules holding quantized
+    layers, e.g. residual blocks) and quantized layers that sit directly in containers."""
+    out = []
+    for name, child in model.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, QuantLayer):
+            out.append(full)
+        elif isinstance(child, CONTAINERS):
+            out += units(child, full)
+        elif quant_layers(child):
+            out.append(full)
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture(model: nn.Module, name: str, images: torch.Tensor, batch_size: int,
+            output: bool = False) -> torch.Tensor | None:
+    """The input (or output) of submodule `name` for all `images`; None when it is not one tensor."""
+    store: list[torch.Tensor] = []
+
+    def hook(_m, inp, out):
+        t = out if output else inp[0]
+        if len(inp) != 1 or not isinstance(t, torch.Tensor):
+            raise _Stop
+        store.append(t.detach())
+        raise _Stop
+
+    handle = model.get_submodule(name).register_forward_hook(hook)
+    try:
+        for i in range(0, len(images), batch_size):
+            try:
+                model(images[i:i + batch_size])
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(store) if len(store) * batch_size >= len(images) else None
+
+
+@contextmanager
+def qdrop(module: nn.Module, p: float) -> Iterator[None]:
+    """Input quantizers of `module` drop quantization with probability `p` (restored on exit)."""
+    qs = [m.input_quantizer for m in quant_layers(module).values() if m.input_quantizer is not None]
+    old = [q.drop_prob for q in qs]
+    for q in qs:
+        q.drop_prob = p
+    try:
+        yield
+    finally:
+        for q, v in zip(qs, old):
+            q.drop_prob = v
+
+
+@contextmanager
+def trainable(params: list[nn.Parameter]) -> Iterator[None]:
+    """Only `params` require gradients inside (the rest of the model frozen); restored on exit."""
+    flags = {p: p.requires_grad for p in params}
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, f in flags.items():
+            p.requires_grad_(f)
+
+
+def reconstruct(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor, cfg: QuantConfig,
+                progress: bool = True) -> dict:
+    """Reconstruct every unit of `qmodel` against `fpmodel` (same structure); returns losses."""
+    names = units(qmodel)
+    losses, skipped = {}, []
+    qmodel.eval().requires_grad_(False)
+    fpmodel.eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    with StepBar(len(names) * cfg.recon_iters, "reconstruct", enabled=progress) as bar:
+        for name in names:
+            bs = cfg.calib_batch_size
+            x_q = capture(qmodel, name, images, bs)
+            x_fp = capture(fpmodel, name, images, bs)
+            y_fp = capture(fpmodel, name, images, bs, output=True)
+            if x_q is None or x_fp is None or y_fp is None or x_q.shape != x_fp.shape:
+                skipped.append(name)
+                bar.step(cfg.recon_iters)
+                continue
+            losses[name] = _reconstruct_unit(qmodel.get_submodule(name), x_q, x_fp, y_fp, cfg, bar, gen)
+    return {"block_losses": losses, "skipped": skipped}
+
+
+def _reconstruct_unit(block: nn.Module, x_q: torch.Tensor, x_fp: torch.Tensor, y_fp: torch.Tensor,
+                      cfg: QuantConfig, bar: StepBar, gen: torch.Generator) -> list[float]:
+    layers = [block] if isinstance(block, QuantLayer) else list(quant_layers(block).values())
+    rounds = []
+    for layer in layers:
+        layer.rounding = AdaRound(layer.weight_quantizer, layer.weight)
+        rounds.append(layer.rounding)
+    act = [m.input_quantizer.scale for m in layers if m.input_quantizer is not None]
+    alphas = [r.alpha for r in rounds]
+    opt = torch.optim.Adam([{"params": alphas, "lr": cfg.recon_lr_round},
+                            {"params": act, "lr": cfg.recon_lr_act}])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.recon_iters))
+    n, iters = len(x_q), cfg.recon_iters
+    warm = int(cfg.round_warmup * iters)
+    first = last = float("nan")
+    with trainable(alphas + act), qdrop(block, cfg.qdrop_prob):
+        for it in range(iters):
+            idx = torch.randint(0, n, (min(cfg.recon_batch_size, n),), generator=gen).to(x_q.device)
+            inp = x_q[idx]
+            if cfg.qdrop_prob > 0:
+                keep = torch.rand(inp.shape, generator=gen).to(inp.device) < cfg.qdrop_prob
+                inp = torch.where(keep, inp, x_fp[idx])
+            rec = (block(inp) - y_fp[idx]).pow(2).sum(1).mean()  # BRECQ: sum over channels
+            loss = rec
+            if it >= warm and cfg.round_reg_weight > 0:
+                beta = _beta(it - warm, iters - warm)
+                loss = rec + cfg.round_reg_weight * sum(r.regularizer(beta) for r in rounds)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = rec.item()
+            first = last if it == 0 else first
+            bar.step(1, f"rec {last:.4f}")
+    for layer, r in zip(layers, rounds):
+        r.soft = False
+        layer.bake()
+    return [first, last]
+
+
+def _beta(t: int, total: int, start: float = 20.0, end: float = 2.0) -> float:
+    """AdaRound's annealing: beta from 20 (lenient) down to 2 (forces 0/1) over the iterations."""
+    frac = t / max(1, total)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * frac))

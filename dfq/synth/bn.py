@@ -1,0 +1,73 @@
+"""BatchNorm statistics matching: the signal that makes synthetic images look like training data.
+
+Each BatchNorm layer stores the per-channel mean and variance of its input over the real training
+set. A forward hook measures the same statistics on the synthetic batch; the loss is their distance.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dfq.errors import DfqError
+
+BN_TYPES = (nn.BatchNorm2d,)
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """BatchNorm layers that hold running statistics, in forward-definition order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, BN_TYPES) and m.running_mean is not None and m.running_var is not None]
+
+
+def require_bn(model: nn.Module, name: str = "the model") -> None:
+    """Refuse a model with nothing to match, saying what to do instead."""
+    if not bn_layers(model):
+        raise DfqError(
+            f"{name} has no BatchNorm layers, so it stores no training statistics to match and "
+            "data-free synthesis cannot work; calibrate with real images instead (--calib DIR)"
+        )
+
+
+def bn_stat_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Distance of the batch's per-channel mean and variance over (N, H, W) to the running ones."""
+    x = x.float()
+    mean = x.mean(dim=(0, 2, 3))
+    var = x.var(dim=(0, 2, 3), unbiased=False)
+    norm = torch.linalg.vector_norm
+    return norm(mean - bn.running_mean) + norm(var - bn.running_var)
+
+
+class BNStatHooks:
+    """Forward hooks that record each BN layer's statistics loss; use as a context manager.
+
+    `loss()` sums the layers (the first one scaled by `first_weight`, as DeepInversion does) for the
+    latest forward pass; exiting the context removes the hooks so the model is left as it was.
+    """
+
+    def __init__(self, model: nn.Module, first_weight: float = 1.0) -> None:
+        self.layers = bn_layers(model)
+        self.first_weight = first_weight
+        self.losses: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> BNStatHooks:
+        for name, bn in self.layers:
+            self._handles.append(bn.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def record(module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
+            self.losses[name] = bn_stat_loss(inputs[0], module)
+        return record
+
+    def loss(self) -> torch.Tensor:
+        if not self.losses:
+            raise RuntimeError("no forward pass recorded; run the model inside the context first")
+        terms = [self.losses[n] * (self.first_weight if i == 0 else 1.0)
+                 for i, (n, _) in enumerate(self.layers) if n in self.losses]
+        return torch.stack(terms).sum()

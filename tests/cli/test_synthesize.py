@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dfq.calibration import load_calibration
+from dfq.cli import main
+
+TINY = ["cifar10_resnet20", "--no-pretrained", "-n", "4", "--batch-size", "4", "--iters", "2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_synthesize_writes_set_and_report(tmp_path):
+    out = tmp_path / "c.npz"
+    res = run("synthesize", *TINY, "--out", out, "--seed", 3)
+    assert res.exit_code == 0, res.output
+    calib = load_calibration(out)
+    assert calib.images.shape == (4, 3, 32, 32) and calib.metadata["seed"] == 3
+    report = json.loads((tmp_path / "c.npz.report.json").read_text())
+    assert report["synth"]["iters"] == 2 and report["model"] == "cifar10_resnet20"
+    evaluated = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", out, "--json")
+    assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["n"] == 4
+    again = run("synthesize", *TINY, "--out", out)
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert run("synthesize", *TINY, "--out", out, "--overwrite").exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "0"], "num_images must be an integer >= 1, got 0 (--num-images)"),
+    (["--batch-size", "-3"], "batch_size must be an integer >= 1, got -3 (--batch-size)"),
+    (["--iters", "-1"], "iters must be an integer >= 1"),
+    (["--format", "tiff"], "unknown format 'tiff'"),
+    (["--method", "gan"], "unknown method 'gan'"),
+    (["--recipe", "cifra"], "did you mean 'cifar'?"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "c.npz"
+    res = run("synthesize", "cifar10_resnet20", "--no-pretrained", "--out", out, *args)
+    assert res.exit_code == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "c.npz").exists()
+
+
+def test_model_without_batchnorm_explains_and_suggests_real_images(tmp_path):
+    out = tmp_path / "c.npz"
+    res = run("synthesize", "torchvision:squeezenet1_1", "--no-pretrained", "--out", out)
+    assert res.exit_code == 2
+    assert "no BatchNorm layers" in res.stderr and "--calib" in res.stderr

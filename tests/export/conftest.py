@@ -1,0 +1,62 @@
+"""A tiny residual CNN, fake-quantized with dfq.quant, for export tests that run in seconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dfq.models.data_config import DataConfig
+
+DATA = DataConfig(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                  num_classes=5)
+
+
+class TinyResNet(nn.Module):
+    """Stem, one residual block (the conv before the Add needs an output quantizer), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        x = torch.relu(x + y)
+        x = torch.relu(self.down(x))
+        return self.head(x.mean((2, 3)))
+
+
+def tiny_quantized(bits: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """A W{bits}A{bits} TinyResNet (first/last layer 8 bit) and its calibration images."""
+    from dfq.quant.config import QuantConfig
+    from dfq.quant.layers import quant_layers
+    from dfq.quant.prepare import prepare
+
+    torch.manual_seed(seed)
+    model = TinyResNet().eval()
+    for m in model.modules():  # non-trivial BN statistics, so folding matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    calib = torch.randn(64, *DATA.input_size)
+    prepare(model, QuantConfig(wbits=bits, abits=bits), [calib[:32], calib[32:]])
+    for layer in quant_layers(model).values():
+        layer.bake()
+    return model, calib
+
+
+@pytest.fixture(scope="module")
+def w4a4():
+    return tiny_quantized(4)
+
+
+@pytest.fixture(scope="module")
+def w8a8():
+    return tiny_quantized(8)

@@ -1,0 +1,114 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from dfq.errors import DfqFailure
+from dfq.export import ExportConfig, export_onnx, export_quantized, prepare_for_export
+from dfq.export.check import output_step
+from dfq.export.runtime import integer_conv_count, onnx_predictor, open_session, optimized_op_counts
+from dfq.quant.layers import QuantConv2d, quant_layers
+from tests.export.conftest import DATA
+
+
+def _export(model_calib, tmp_path, **cfg):
+    model, calib = model_calib
+    summary = export_quantized(model, tmp_path, DATA, calib, ExportConfig(**cfg))
+    return model, calib, tmp_path / "model.onnx", summary
+
+
+@pytest.mark.parametrize("which", ["w8a8", "w4a4"])
+def test_onnxruntime_matches_pytorch_within_one_output_step(which, request, tmp_path):
+    model, calib, path, summary = _export(request.getfixturevalue(which), tmp_path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    with torch.no_grad():
+        ref = model(calib)
+    got = onnx_predictor(open_session(path))(calib)
+    dev = (got - ref).abs().amax(dim=1) / output_step(ref)
+    assert float(dev.max()) <= 1.0
+    assert torch.equal(got.argmax(1), ref.argmax(1))
+    assert summary["check"]["argmax_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("which", ["w8a8", "w4a4"])
+def test_every_quantized_conv_runs_as_qlinearconv(which, request, tmp_path):
+    model, _, path, summary = _export(request.getfixturevalue(which), tmp_path)
+    n_convs = sum(isinstance(m, QuantConv2d) for m in model.modules())
+    assert n_convs == 4
+    assert integer_conv_count(optimized_op_counts(path)) == n_convs
+    # conv2 feeds the residual Add: signed 8-bit output quantizer; the stem's ReLU feeds conv1 and
+    # the Add: unsigned one; conv1 -> ReLU -> conv2's input quantizer fuses as it is.
+    assert model.conv2.output_quantizer.signed and model.conv2.output_quantizer.bits == 8
+    assert not model.stem[0].output_quantizer.signed
+    assert model.conv1.output_quantizer is None
+
+
+def _dq_inputs_of(graph, op_type):
+    producers = {o: n for n in graph.node for o in n.output}
+    return [producers[n.input[0]] for n in graph.node if n.op_type == op_type]
+
+
+def test_4bit_export_holds_16_levels(w4a4, tmp_path):
+    model, calib, path, _ = _export(w4a4, tmp_path)
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name, layer in quant_layers(model).items():
+        codes = inits[f"{name}.weight_quantizer.codes"]
+        assert codes.dtype == np.int8
+        lo, hi = (-8, 7) if layer.weight_quantizer.bits == 4 else (-128, 127)
+        assert codes.min() >= lo and codes.max() <= hi
+    # expose every conv's input (a DequantizeLinear output) and count its distinct values
+    dqs = _dq_inputs_of(proto.graph, "Conv")
+    for dq in dqs:
+        proto.graph.output.append(
+            onnx.helper.make_tensor_value_info(dq.output[0], onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run([dq.output[0] for dq in dqs], {"input": calib.numpy()})
+    levels = {dq.name: len(np.unique(v)) for dq, v in zip(dqs, outs, strict=True)}
+    four_bit = [f"{n}.input_quantizer/DQ" for n, m in quant_layers(model).items()
+                if isinstance(m, QuantConv2d) and m.input_quantizer.bits == 4]
+    assert four_bit and all(1 < levels[k] <= 16 for k in four_bit), levels
+    assert levels["stem.0.input_quantizer/DQ"] > 16  # the 8-bit first layer keeps its 256 levels
+
+
+def test_float_export_is_exact_and_has_metadata(tmp_path):
+    from tests.export.conftest import TinyResNet
+
+    model = TinyResNet().eval()
+    path = tmp_path / "fp.onnx"
+    summary = export_onnx(model, path, ExportConfig(), DATA)
+    assert summary["quantization"] == "fp32" and summary["check"]["max_dev_steps"] < 0.01
+    sess = open_session(path)
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert '"mean": [0.5, 0.5, 0.5]' in meta["dfq.data_config"]
+    assert sess.get_inputs()[0].shape[0] == "batch"  # dynamic batch axis
+    x = torch.randn(3, *DATA.input_size)
+    assert onnx_predictor(sess)(x).shape == (3, 5)
+
+
+def test_native_int4_option_writes_int4_tensors(w4a4, tmp_path):
+    model, calib, path, _ = _export(w4a4, tmp_path, opset=21, int4=True)
+    proto = onnx.load(str(path))
+    types = {t.data_type for t in proto.graph.initializer}
+    assert onnx.TensorProto.INT4 in types
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {21}
+
+
+def test_a_disagreeing_graph_fails_the_check(w8a8, tmp_path):
+    from dfq.export.check import check_against_torch
+
+    model, calib = w8a8
+    prepare_for_export(model, calib)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, ExportConfig(check=False), DATA, calib)
+    shift = 5.0 * torch.arange(5.0)
+    with torch.no_grad():
+        model.head.bias.add_(shift)  # PyTorch no longer computes what was exported
+    try:
+        with pytest.raises(DfqFailure, match="onnxruntime disagrees with PyTorch"):
+            check_against_torch(model, path, calib, ExportConfig())
+    finally:
+        with torch.no_grad():
+            model.head.bias.sub_(shift)

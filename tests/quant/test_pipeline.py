@@ -1,0 +1,69 @@
+import copy
+
+import pytest
+import torch
+
+from dfq.models import load_model
+from dfq.quant.config import QuantConfig
+from dfq.quant.distill import distill, mean_kd_loss
+from dfq.quant.layers import quant_layers
+from dfq.quant.pipeline import quantize_
+from dfq.quant.prepare import prepare
+from dfq.quant.reconstruct import units
+
+TINY = {"calib_batch_size": 8, "recon_iters": 2, "recon_batch_size": 4, "kd_iters": 2,
+        "kd_batch_size": 4}
+
+
+def test_distillation_lowers_the_kd_loss(resnet20_weights):
+    torch.manual_seed(0)
+    model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+    teacher = copy.deepcopy(model)
+    calib = torch.randn(64, 3, 32, 32)
+    cfg = QuantConfig(wbits=3, abits=3, kd_iters=15, kd_batch_size=32, kd_lr=1e-3, relation_weight=0.1)
+    prepare(model, cfg, [calib])
+    before = mean_kd_loss(model, teacher, calib, cfg.kd_temperature)
+    summary = distill(model, teacher, calib, cfg, progress=False)
+    after = mean_kd_loss(model, teacher, calib, cfg.kd_temperature)
+    assert after < 0.8 * before
+    assert summary["kd_last"] < summary["kd_first"]
+
+
+def test_quantize_bakes_weights_and_reconstruction_lowers_block_error(resnet20_weights):
+    torch.manual_seed(0)
+    model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+    cfg = QuantConfig(calib_batch_size=32, recon_iters=20, recon_batch_size=16, kd_iters=0)
+    report = quantize_(model, cfg, torch.randn(32, 3, 32, 32), progress=False)
+    rec = report["stages"]["reconstruct"]
+    assert rec["kd_loss"] < report["stages"]["prepare"]["kd_loss"]
+    first, last = rec["block_losses"]["layer2.1"]
+    assert last < first
+    for layer in quant_layers(model).values():
+        q = layer.weight_quantizer
+        s = q.scale.detach().view(-1, *([1] * (layer.weight.dim() - 1)))
+        assert torch.equal(layer.weight, torch.clamp(torch.round(layer.weight / s), q.qmin, q.qmax) * s)
+        assert layer.rounding is None
+
+
+@pytest.mark.parametrize("name, size", [
+    ("torchvision:resnet18", 32), ("torchvision:mobilenet_v2", 32), ("timm:resnet18", 32),
+    ("timm:mobilenetv3_small_100", 32),
+    pytest.param("torchvision:resnet50", 32, marks=pytest.mark.slow),
+    pytest.param("torchvision:efficientnet_b0", 32, marks=pytest.mark.slow),
+    pytest.param("torchvision:regnet_x_400mf", 32, marks=pytest.mark.slow),
+])
+def test_quantize_smoke_on_imagenet_architectures(name, size):
+    torch.manual_seed(0)
+    model, _ = load_model(name, pretrained=False)
+    ref = copy.deepcopy(model).eval()
+    calib = torch.randn(8, 3, size, size)
+    report = quantize_(model, QuantConfig(**TINY), calib, progress=False)
+    assert report["unquantized_layers"] == []
+    assert not report["stages"]["reconstruct"]["skipped"]
+    layers = quant_layers(model)
+    order = list(report["bits"])
+    assert report["bits"][order[0]] == [8, 8] and report["bits"][order[-1]] == [8, 8]
+    assert len(units(model)) > 3 and len(layers) == len(order)
+    with torch.no_grad():
+        out = model(calib)
+    assert out.shape == ref(calib).shape and torch.isfinite(out).all()

@@ -1,0 +1,52 @@
+import torch
+from torch import nn
+
+import pytest
+
+from dfq.errors import DfqError
+from dfq.synth import SynthConfig, synthesize
+from dfq.synth.bn import BNStatHooks, bn_stat_loss, require_bn
+from tests.synth.tiny import tiny_config, tiny_model
+
+
+def test_bn_stat_loss_is_zero_on_matching_statistics():
+    bn = nn.BatchNorm2d(3).eval()
+    bn.running_mean.copy_(torch.tensor([1.0, -1.0, 0.5]))
+    bn.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    x = torch.randn(4000, 3, 4, 4)
+    x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), unbiased=False, keepdim=True)
+    x = x * bn.running_var.sqrt().view(1, 3, 1, 1) + bn.running_mean.view(1, 3, 1, 1)
+    assert float(bn_stat_loss(x, bn)) < 1e-4
+    assert float(bn_stat_loss(torch.zeros_like(x), bn)) > 1.0
+
+
+def test_bn_loss_falls_under_optimization():
+    model, data = tiny_model(), tiny_config()
+    x = torch.randn(16, 3, 8, 8, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.1)
+    with BNStatHooks(model) as hooks:
+        losses = []
+        for _ in range(40):
+            model(x)
+            loss = hooks.loss()
+            losses.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert losses[-1] < 0.75 * losses[0] and min(losses[-10:]) < min(losses[:10])
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_synthesize_lowers_bn_loss_with_more_steps():
+    model, data = tiny_model(), tiny_config()
+    short = synthesize(model, SynthConfig(num_images=16, batch_size=16, iters=1, method="pixels"),
+                       data, progress=False)
+    long = synthesize(model, SynthConfig(num_images=16, batch_size=16, iters=30, method="pixels"),
+                      data, progress=False)
+    assert long.metadata["final_losses"]["bn"] < 0.85 * short.metadata["final_losses"]["bn"]
+
+
+def test_model_without_batchnorm_is_refused_with_advice():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(DfqError, match="no BatchNorm layers.*--calib"):
+        require_bn(model)

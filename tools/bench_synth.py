@@ -1,0 +1,224 @@
+"""Acceptance benchmark for issue 3: synthetic calibration vs real and noise, ablation, cost.
+
+    flock /tmp/dfq-bench.lock python tools/bench_synth.py --part quantizer --models cifar10_resnet20
+
+Parts: `quantizer` (FP ONNX -> onnxruntime quantize_static QDQ S8S8 per-channel, calibrated with 512
+images from dfq synthesize / real training images / Gaussian noise; top-1 on jpeg-10k and
+lossless-846), `ablation` (BN-only, BN + class prior, full RGAL; generator vs pixels), `cost` (wall
+time and images/s). Writes `runs/bench_synth/<part>.md` and `.json`. The training split is read only
+as baseline (b).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dfq.calibration import CalibrationReader, CalibrationSet
+from dfq.data import load_images
+from dfq.evaluate import evaluate
+from dfq.models import load_model
+from dfq.synth import SynthConfig, synthesize
+from dfq.synth.bn import BNStatHooks
+from dfq.synth.recipe import synth_config
+from dfq.synth.relation import penultimate_features
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+WEIGHTS = {"cifar10_resnet20": "cifar10-resnet20.th", "cifar10_resnet56": "cifar10-resnet56.th"}
+TESTS = {"jpeg-10k": "cifar10-test-jpeg.npz", "lossless-846": "cifar10-test-lossless-846.npz"}
+REAL = "cifar10-train-jpeg-5k.npz"
+
+
+def load(name: str):
+    return load_model(name, weights=SHARED / "models" / WEIGHTS[name])
+
+
+def export_fp(model, cfg, path: Path) -> Path:
+    """FP ONNX, opset 13, dynamic batch (dfq.export will replace this)."""
+    dummy = torch.randn(1, *cfg.input_size)
+    torch.onnx.export(model.eval(), dummy, str(path), input_names=["input"],
+                      output_names=["logits"], opset_version=13,
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                      dynamo=False)
+    return path
+
+
+def ort_quantize(fp: Path, out: Path, calib: CalibrationSet) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(fp), str(out), CalibrationReader(calib, "input", batch_size=64),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def ort_top1(path: Path, cfg, tests: dict) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+
+    return {k: evaluate(predict, v, cfg, batch_size=500, show_progress=False)["top1"]
+            for k, v in tests.items()}
+
+
+def real_calib(cfg, n: int, seed: int) -> CalibrationSet:
+    """Baseline (b): n training images, class-balanced random draw."""
+    real = load_images(SHARED / "data" / REAL, cfg)
+    g = np.random.default_rng(seed)
+    y = real.y.numpy()
+    per = n // cfg.num_classes
+    idx = np.concatenate([g.choice(np.flatnonzero(y == c), per, replace=False)
+                          for c in range(cfg.num_classes)])
+    idx = np.concatenate([idx, g.choice(np.setdiff1d(np.arange(len(y)), idx), n - len(idx), False)])
+    x = real.normalize(real.x[idx], cfg)
+    return CalibrationSet(x, real.y[idx], {"data_config": cfg.to_dict(), "source": REAL})
+
+
+def noise_calib(cfg, n: int, seed: int) -> CalibrationSet:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *cfg.input_size, generator=g)
+    return CalibrationSet(x, torch.zeros(n, dtype=torch.long), {"data_config": cfg.to_dict()})
+
+
+def set_stats(model, calib: CalibrationSet, margin: float) -> dict:
+    """BN loss (whole set at once), intra-class diversity, share of low top-2-margin samples."""
+    with torch.no_grad(), BNStatHooks(model) as bn, penultimate_features(model) as feats:
+        logits = model(calib.images)
+        bn_loss = float(bn.loss())
+    z = F.normalize(feats["features"], dim=1)
+    d = torch.cdist(z, z)
+    same = (calib.labels[:, None] == calib.labels[None, :]) & ~torch.eye(len(z), dtype=torch.bool)
+    top2 = logits.softmax(1).topk(2, dim=1).values
+    return {"bn_loss": round(bn_loss, 3), "intra_div": round(float(d[same].mean()), 4),
+            "confusion": round(float(((top2[:, 0] - top2[:, 1]) < margin).float().mean()), 4),
+            "teacher_agrees": round(float((logits.argmax(1) == calib.labels).float().mean()), 4)}
+
+
+def part_quantizer(args, out: Path) -> list[dict]:
+    rows = []
+    for name in args.models:
+        model, cfg = load(name)
+        tests = {k: load_images(SHARED / "data" / f, cfg) for k, f in TESTS.items()}
+        fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
+        rows.append({"model": name, "calib": "none (FP)", **ort_top1(fp, cfg, tests)})
+        scfg = synth_config(args.recipe, cfg, {"num_images": args.num_images, "iters": args.iters,
+                                               "seed": args.seed})
+        start = time.perf_counter()
+        synth = synthesize(model, scfg, cfg, progress=args.progress, model_name=name)
+        wall = time.perf_counter() - start
+        sources = {"(a) dfq synthesize": synth,
+                   "(b) real train-5k": real_calib(cfg, args.num_images, 0),
+                   "(c) gaussian noise": noise_calib(cfg, args.num_images, 0)}
+        for label, calib in sources.items():
+            q = ort_quantize(fp, out / f"{name}.{label[1]}.int8.onnx", calib)
+            row = {"model": name, "calib": label, **ort_top1(q, cfg, tests),
+                   **set_stats(model, calib, 0.5)}
+            if calib is synth:
+                row.update(synth_seconds=round(wall, 1), images_per_s=round(len(synth) / wall, 3),
+                           iters=scfg.iters, batch_size=scfg.batch_size, method=scfg.method)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+ABLATION = {
+    "BN only": dict(ce_weight=0.0, relation=False),
+    "BN + class prior": dict(relation=False),
+    "full RGAL (swapped)": dict(relation=True),
+    "full RGAL (standard)": dict(relation=True, relation_direction="standard"),
+}
+
+
+def part_ablation(args, out: Path) -> list[dict]:
+    rows = []
+    name = args.models[0]
+    model, cfg = load(name)
+    tests = {"jpeg-10k": load_images(SHARED / "data" / TESTS["jpeg-10k"], cfg)}
+    fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
+    for method in ("generator", "pixels"):
+        for label, over in ABLATION.items():
+            scfg = synth_config(args.recipe, cfg, {
+                "num_images": args.num_images, "iters": args.iters, "seed": args.seed,
+                "method": method, **over})
+            start = time.perf_counter()
+            calib = synthesize(model, scfg, cfg, progress=args.progress, model_name=name)
+            wall = time.perf_counter() - start
+            q = ort_quantize(fp, out / f"{name}.abl.int8.onnx", calib)
+            row = {"model": name, "method": method, "losses": label, "seconds": round(wall, 1),
+                   "final_bn_loss_synth": calib.metadata["final_losses"]["bn"],
+                   **set_stats(model, calib, 0.5),
+                   "(a) top1 jpeg-10k": ort_top1(q, cfg, tests)["jpeg-10k"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def part_cost(args, out: Path) -> list[dict]:
+    """Per-step cost at 224 (torchvision resnet18, random weights: cost does not depend on them)."""
+    rows = []
+    model, cfg = load_model("torchvision:resnet18", pretrained=False)
+    full = synth_config("imagenet", cfg)
+    for method in ("generator", "pixels"):
+        scfg = synth_config("imagenet", cfg, {
+            "num_images": full.batch_size, "iters": args.cost_iters, "method": method})
+        start = time.perf_counter()
+        synthesize(model, scfg, cfg, progress=args.progress, model_name="resnet18")
+        per_step = (time.perf_counter() - start) / scfg.iters
+        steps = -(-full.num_images // full.batch_size) * full.iters
+        rows.append({"model": "torchvision:resnet18", "method": method, "batch": scfg.batch_size,
+                     "iters_measured": scfg.iters, "s_per_step": round(per_step, 2),
+                     "extrapolated_recipe_hours": round(per_step * steps / 3600, 2),
+                     "recipe": f"{full.num_images} images x {full.iters} iters"})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["quantizer", "ablation", "cost"], action="append")
+    ap.add_argument("--models", default="cifar10_resnet20,cifar10_resnet56")
+    ap.add_argument("--recipe", default="cifar")
+    ap.add_argument("--num-images", type=int, default=512)
+    ap.add_argument("--iters", type=int, default=None, help="override the recipe's iters")
+    ap.add_argument("--cost-iters", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when shared)")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_synth")
+    args = ap.parse_args()
+    args.models = args.models.split(",")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__, "threads": args.threads,
+           "args": {k: str(v) for k, v in vars(args).items()}}
+    parts = {"quantizer": part_quantizer, "ablation": part_ablation, "cost": part_cost}
+    for part in args.part or ["quantizer", "ablation", "cost"]:
+        rows = parts[part](args, args.out)
+        (args.out / f"{part}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+        md = f"# {part}\n\n{json.dumps(env)}\n\n{to_markdown(rows)}"
+        (args.out / f"{part}.md").write_text(md)
+        print(to_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
