@@ -75,5 +75,13 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     return data
 
 
+def recipe_section(cls: type[C], section: str, recipe: str | Path,
+                   overrides: dict[str, Any] | None = None) -> C:
+    """Section `section` of `recipe` as dataclass `cls`, with every non-None override applied."""
+    values = dict(load_recipe(recipe).get(section) or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(cls, values, where=section)
+
+
 def write_yaml(data: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -24,3 +25,12 @@ def resnet20_weights() -> Path:
 @pytest.fixture
 def lossless_846() -> Path:
     return shared_file("data/cifar10-test-lossless-846.npz")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, especially on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,7 +24,7 @@ from dfq.calibration import CalibrationReader, CalibrationSet
 from dfq.data import load_images
 from dfq.evaluate import evaluate
 from dfq.models import load_model
-from dfq.synth import SynthConfig, synthesize
+from dfq.synth import synthesize
 from dfq.synth.bn import BNStatHooks
 from dfq.synth.recipe import synth_config
 from dfq.synth.relation import penultimate_features

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from torch import nn
@@ -19,7 +19,7 @@ from dfq.models.weights import apply_state_dict, read_state_dict
 SEARCH_ORDER = ("dfq", "torchvision", "timm")
 
 
-@lru_cache(maxsize=None)
+@cache
 def source_names(source: str) -> tuple[str, ...]:
     return tuple(SOURCES[source].names())
 

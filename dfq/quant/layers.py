@@ -29,6 +29,14 @@ def register_quant_layer(float_type: type[nn.Module]) -> Callable[[type], type]:
 class QuantMixin:
     """What both quantized layers share: quantizers, weight rounding hook, baking."""
 
+    def _filled(self, m: nn.Module) -> nn.Module:
+        """`m` (the float twin) given the quantized weight and the bias: what `to_float` returns."""
+        with torch.no_grad():
+            m.weight.copy_(self.quantized_weight())
+            if self.bias is not None:
+                m.bias.copy_(self.bias)
+        return m.train(self.training)
+
     weight: nn.Parameter
     weight_quantizer: Quantizer
     input_quantizer: Quantizer | None
@@ -84,11 +92,7 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
         m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                       self.dilation, self.groups, self.bias is not None, self.padding_mode,
                       device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            m.weight.copy_(self.quantized_weight())
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m.train(self.training)
+        return self._filled(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
@@ -109,11 +113,7 @@ class QuantLinear(QuantMixin, nn.Linear):
     def to_float(self) -> nn.Linear:
         m = nn.Linear(self.in_features, self.out_features, self.bias is not None,
                       device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            m.weight.copy_(self.quantized_weight())
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m.train(self.training)
+        return self._filled(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(self.quant_input(x), self.quantized_weight(), self.bias)

@@ -147,13 +147,10 @@ def write_outputs(out: Path, model: nn.Module, name: str, data_config: Any, cfg:
 def quant_config(recipe: str | Path | None, data_config: Any,
                  overrides: dict[str, Any] | None = None) -> QuantConfig:
     """The recipe's `quant:` section (shipped recipe chosen by input size) with CLI overrides."""
-    from dfq.config import config_from_dict, load_recipe
+    from dfq.config import recipe_section
     from dfq.synth.recipe import default_recipe
 
-    sections = load_recipe(recipe or default_recipe(data_config))
-    values = dict(sections.get("quant") or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(QuantConfig, values, where="quant")
+    return recipe_section(QuantConfig, "quant", recipe or default_recipe(data_config), overrides)
 
 
 def load_calib(path: str | Path, data_config: Any, limit: int | None) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dfq.config import config_from_dict, load_recipe
+from dfq.config import recipe_section
 from dfq.models.data_config import DataConfig
 from dfq.synth.config import SynthConfig
 
@@ -17,7 +17,4 @@ def default_recipe(data_config: DataConfig) -> str:
 def synth_config(recipe: str | Path | None, data_config: DataConfig,
                  overrides: dict[str, Any] | None = None) -> SynthConfig:
     """The recipe's `synth:` section with every non-None override applied, validated."""
-    sections = load_recipe(recipe or default_recipe(data_config))
-    values = dict(sections.get("synth") or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(SynthConfig, values, where="synth")
+    return recipe_section(SynthConfig, "synth", recipe or default_recipe(data_config), overrides)

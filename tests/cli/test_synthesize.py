@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dfq.calibration import load_calibration
@@ -9,13 +8,7 @@ from dfq.cli import main
 
 TINY = ["cifar10_resnet20", "--no-pretrained", "-n", "4", "--batch-size", "4", "--iters", "2"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args):

@@ -1,7 +1,6 @@
+import pytest
 import torch
 from torch import nn
-
-import pytest
 
 from dfq.errors import DfqError
 from dfq.synth import SynthConfig, synthesize
@@ -21,7 +20,7 @@ def test_bn_stat_loss_is_zero_on_matching_statistics():
 
 
 def test_bn_loss_falls_under_optimization():
-    model, data = tiny_model(), tiny_config()
+    model = tiny_model()
     x = torch.randn(16, 3, 8, 8, requires_grad=True)
     opt = torch.optim.Adam([x], lr=0.1)
     with BNStatHooks(model) as hooks:

@@ -2,8 +2,14 @@ import torch
 import torch.nn.functional as F
 
 from dfq.synth import SynthConfig, student_relation_loss, synthesis_relation_loss, synthesize
-from dfq.synth.relation import (distance_candidates, focal_candidates, pairwise_distances,
-                                penultimate_features, sample_negatives, triplets)
+from dfq.synth.relation import (
+    distance_candidates,
+    focal_candidates,
+    pairwise_distances,
+    penultimate_features,
+    sample_negatives,
+    triplets,
+)
 from tests.synth.tiny import tiny_config, tiny_model
 
 
