@@ -189,7 +189,8 @@ def run_quantize(model: nn.Module, name: str, data_config: Any, cfg: QuantConfig
         report["stages"] = {"synthesize": {"seconds": synth_seconds,
                                            "losses": calib_set.metadata.get("final_losses")},
                             **report["stages"]}
-    report = {"command": "quantize", "model": name, "seed": seed, "device": str(device),
+    report = {"command": "quantize", "model": name, "data_config": data_config.to_dict(),
+              "seed": seed, "device": str(device),
               "versions": versions(), "config": resolved_recipe(cfg, None if calib else synth_cfg),
               "calibration": str(calib) if calib else "synthesized", **report,
               "total_seconds": round(time.perf_counter() - start, 3)}

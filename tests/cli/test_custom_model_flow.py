@@ -52,6 +52,8 @@ def test_factory_synthesizes_quantizes_exports_and_evaluates(workdir):
     assert res.exit_code == 0, res.output
     report = json.loads((workdir / "q" / "report.json").read_text())
     assert report["unquantized_layers"] == []
+    assert report["data_config"]["input_size"] == [3, 16, 16]
+    assert report["data_config"]["mean"] == [0.5, 0.5, 0.5]
     assert (workdir / "q" / "model.onnx").exists()
     # the data config travels with the output: no preprocessing flags needed from here on
     res = run("evaluate", "q", "--data", "test.npz", "--json")
