@@ -28,7 +28,11 @@ from dfq.cli.options import device, model_options, open_model, resolve_device
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, providers, latency,
                  as_json) -> None:
-    """Top-1 / top-5 accuracy of TARGET (a model name) on real images."""
+    """Top-1 / top-5 accuracy of TARGET on real images.
+
+    TARGET is a model name (see `dfq models`), a `dfq quantize` output directory (the quantized
+    PyTorch model, with the data config it was made with), or an .onnx file (run by onnxruntime).
+    """
     from dfq.data import load_images
     from dfq.evaluate import evaluate
 
