@@ -112,10 +112,11 @@ def open_model(target: str, weights, pretrained):
 
 
 def resolve_device(name: str) -> str:
-    import torch
+    """`dfq.device.resolve_device`, with its error reported as a bad --device option."""
+    from dfq.device import resolve_device as resolve
+    from dfq.errors import DfqError
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("no CUDA device is available; use --device cpu", param_hint="--device")
-    return name
+    try:
+        return resolve(name)
+    except DfqError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None

@@ -19,6 +19,7 @@ from torch import nn
 
 from dfq.calibration.dataset import CalibrationSet
 from dfq.config import config_to_dict
+from dfq.device import resolve_device
 from dfq.errors import DfqFailure
 from dfq.models.data_config import DataConfig
 from dfq.progress import StepBar
@@ -47,8 +48,6 @@ def synthesize(model: nn.Module, cfg: SynthConfig, data_config: DataConfig,
             towards inputs where it agrees with `model` yet diverges most in distribution.
         device: 'auto', 'cpu' or 'cuda'; the models are moved there for the run and moved back.
     """
-    from dfq.cli.options import resolve_device
-
     require_bn(model, model_name or "the model")
     dev = torch.device(resolve_device(device))
     torch.manual_seed(cfg.seed)
