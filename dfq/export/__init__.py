@@ -26,5 +26,5 @@ def export_quantized(model: nn.Module, out_dir: str | Path, data_config: DataCon
     """
     added = prepare_for_export(model, calib, tuple(data_config.input_size))
     summary = export_onnx(model, Path(out_dir) / ONNX_FILENAME, cfg, data_config, calib)
-    summary["output_quantizers_added"] = added
+    summary["quantizers_added"] = added
     return summary

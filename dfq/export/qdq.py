@@ -68,6 +68,7 @@ def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: boo
     """Replace every marker in place; afterwards the graph holds only standard ONNX operators."""
     graph = _Graph(model)
     new_nodes: list[onnx.NodeProto] = []
+    grids: dict[str, tuple] = {}  # activation marker output -> its grid
     for node in graph.g.node:
         if node.domain != MARKER_DOMAIN or node.op_type != MARKER_OP:
             new_nodes.append(node)
@@ -77,8 +78,13 @@ def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: boo
         src, dst = node.input[0], node.output[0]
         if src in graph.inits:
             new_nodes += _weight_nodes(graph, tag, q, src, dst, int4)
+            continue
+        grid = (q.bits, q.signed, _scale(q).tobytes())
+        if grids.get(src) == grid:  # the same grid twice in a row is the identity
+            new_nodes.append(helper.make_node("Identity", [src], [dst], name=f"{tag}/Identity"))
         else:
             new_nodes += _activation_nodes(graph, tag, q, src, dst, int4)
+        grids[dst] = grid
     del graph.g.node[:]
     graph.g.node.extend(new_nodes)
     _quantize_biases(graph)

@@ -15,6 +15,7 @@ from torch import nn
 from dfq.config import config_from_dict, config_to_dict
 from dfq.errors import DfqError
 from dfq.models import DataConfig, load_model
+from dfq.quant.block_input import add_block_input_quantizer, block_input_quantizers
 from dfq.quant.config import QuantConfig
 from dfq.quant.fold import fold_bn
 from dfq.quant.layers import QUANT_LAYERS, quant_layers
@@ -36,6 +37,7 @@ def quantized_payload(model: nn.Module, name: str, data_config: DataConfig,
                   "output": _qspec(m.output_quantizer)} for n, m in quant_layers(model).items()}
     return {"format": FORMAT, "model": name, "data_config": data_config.to_dict(),
             "quant": config_to_dict(cfg), "layers": layers,
+            "block_inputs": {n: _qspec(q) for n, q in block_input_quantizers(model).items()},
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
@@ -59,13 +61,15 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, DataConfig]:
     data_config = DataConfig.from_dict(payload["data_config"])
     model, _ = load_model(payload["model"], pretrained=False, num_classes=data_config.num_classes)
     config_from_dict(QuantConfig, payload["quant"], "quantized.pt")  # validates
-    rebuild(model, payload["layers"], data_config)
+    rebuild(model, payload["layers"], data_config, payload.get("block_inputs", {}))
     model.load_state_dict(payload["state_dict"], strict=True)
     return model.eval(), data_config
 
 
-def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig) -> None:
-    """Give a fresh float model the folded, quantized structure recorded in `layers`."""
+def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
+            block_inputs: dict[str, dict] | None = None) -> None:
+    """Give a fresh float model the folded, quantized structure recorded in `layers`
+    (and the block-input quantizers the exporter added, see `dfq.quant.block_input`)."""
     model.eval()
     fold_bn(model, torch.zeros(1, *data_config.input_size))
 
@@ -84,3 +88,10 @@ def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig) 
     missing = sorted(set(layers) - set(done))
     if missing:
         raise DfqError(f"quantized layers {', '.join(missing)} do not exist in this model")
+    for name, spec in (block_inputs or {}).items():
+        try:
+            block = model.get_submodule(name)
+        except AttributeError:
+            raise DfqError(f"block {name!r} with an input quantizer does not exist in this model"
+                           ) from None
+        add_block_input_quantizer(block, Quantizer(spec["bits"], spec["signed"]))

@@ -32,14 +32,15 @@ class TinyResNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def tiny_quantized(bits: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """A W{bits}A{bits} TinyResNet (first/last layer 8 bit) and its calibration images."""
+def tiny_quantized(bits: int, seed: int = 0, net: type[nn.Module] | None = None
+                   ) -> tuple[nn.Module, torch.Tensor]:
+    """A W{bits}A{bits} TinyResNet (or `net`; first/last layer 8 bit) and its calibration images."""
     from dfq.quant.config import QuantConfig
     from dfq.quant.layers import quant_layers
     from dfq.quant.prepare import prepare
 
     torch.manual_seed(seed)
-    model = TinyResNet().eval()
+    model = (net or TinyResNet)().eval()
     for m in model.modules():  # non-trivial BN statistics, so folding matters
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -60,3 +61,28 @@ def w4a4():
 @pytest.fixture(scope="module")
 def w8a8():
     return tiny_quantized(8)
+
+
+class Block(nn.Module):
+    """A torchvision-style basic block: its shortcut adds the block's input."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(self.conv1(x)))
+
+
+class TinyBlockNet(nn.Module):
+    """Stem, two residual blocks as submodules, a head: the exporter sees block scopes."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block1, self.block2 = Block(8), Block(8)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block2(self.block1(self.stem(x))).mean((2, 3)))

@@ -112,3 +112,60 @@ def test_a_disagreeing_graph_fails_the_check(w8a8, tmp_path):
     finally:
         with torch.no_grad():
             model.head.bias.sub_(shift)
+
+
+def test_block_inputs_get_the_conv_grid_and_the_residual_add_fuses(tmp_path):
+    from dfq.quant.block_input import block_input_quantizers
+    from tests.export.conftest import TinyBlockNet, tiny_quantized
+
+    model, calib = tiny_quantized(8, net=TinyBlockNet)
+    with torch.no_grad():
+        before = model(calib)
+    summary = export_quantized(model, tmp_path, DATA, calib, ExportConfig())
+    blocks = block_input_quantizers(model)
+    assert set(blocks) == {"block1", "block2"} and set(summary["quantizers_added"]) >= set(blocks)
+    # a copy of the grid the block's first conv already puts on the same input
+    for name, q in blocks.items():
+        conv_q = model.get_submodule(f"{name}.conv1.0").input_quantizer
+        assert q.bits == 8 and not q.signed and torch.equal(q.scale, conv_q.scale)
+    counts = optimized_op_counts(tmp_path / "model.onnx")
+    # block1's Add feeds (through ReLU) block2's input quantizer: integer Add. block2's feeds the
+    # mean pooling, so it stays float.
+    assert counts["QLinearAdd"] == 1 and counts["Add"] == 1
+    assert summary["check"]["argmax_agreement"] == 1.0
+    with torch.no_grad():
+        after = model(calib)
+    # only the shortcut operand moved onto an 8-bit grid: outputs barely change
+    assert (after - before).abs().max() < 0.05 * before.abs().max()
+
+
+def test_4bit_block_inputs_stay_float(tmp_path):
+    from dfq.quant.block_input import block_input_quantizers
+    from tests.export.conftest import TinyBlockNet, tiny_quantized
+
+    model, calib = tiny_quantized(4, net=TinyBlockNet)
+    export_quantized(model, tmp_path, DATA, calib, ExportConfig())
+    assert block_input_quantizers(model) == {}
+
+
+def test_block_input_quantizers_survive_save_and_reload(tmp_path):
+    from dfq.models import load_model
+    from dfq.quant.block_input import block_input_quantizers
+    from dfq.quant.config import QuantConfig
+    from dfq.quant.io import load_quantized, save_quantized
+    from dfq.quant.prepare import prepare
+
+    model, dcfg = load_model("cifar10_resnet20", pretrained=False)
+    cfg = QuantConfig(wbits=8, abits=8)
+    calib = torch.randn(16, 3, 32, 32)
+    prepare(model, cfg, [calib])
+    prepare_for_export(model, calib)
+    blocks = block_input_quantizers(model)
+    assert "layer1.0" in blocks and "layer2.0" not in blocks  # option-A shortcut: a Pad, not x
+    save_quantized(model, tmp_path / "quantized.pt", "cifar10_resnet20", dcfg, cfg)
+    back, _ = load_quantized(tmp_path)
+    assert set(block_input_quantizers(back)) == set(blocks)
+    assert prepare_for_export(back, calib) == []  # idempotent
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), back(x))
