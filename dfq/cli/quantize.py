@@ -31,7 +31,8 @@ def _first_last(ctx, param, value):
 @click.option("--wbits", type=BITS, default=None, help="Weight bits (with --abits), 2..8.")
 @click.option("--abits", type=BITS, default=None, help="Activation bits (with --wbits), 2..8.")
 @click.option("--first-last-bits", callback=_first_last, default=None,
-              help="Bits of the first conv and last linear: 8 (default) or 'same' (all layers alike).")
+              help="Bits of the first conv and last linear: 8 (default) or 'same' (all layers "
+                   "alike; the image input stays 8 bit, as in the published all-layers tables).")
 @click.option("--calib", type=click.Path(), default=None,
               help="Existing calibration set (.npz from `dfq synthesize`, real images as .npz or an "
                    "ImageFolder); skips synthesis.")

@@ -16,7 +16,7 @@ class QuantConfig:
 
     wbits: int = 4
     abits: int = 4
-    first_last_bits: int | str = 8  # bits of the first conv and last linear, or "same"
+    first_last_bits: int | str = 8  # bits of the first conv and last linear, or "same" (image: 8)
     weight_init: str = "mse"
     act_init: str = "mse"
     act_percentile: float = 99.99

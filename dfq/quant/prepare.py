@@ -1,8 +1,10 @@
 """Turn a float model into a fake-quantized one: fold BN, swap layers, initialize ranges.
 
-The first conv and the last linear (in call order) take `first_last_bits` unless it is "same"; every
-other registered layer takes `wbits` / `abits`. Modules with parameters that cannot be quantized are
-returned by name so the report lists them.
+The first conv and the last linear (in call order) take `first_last_bits`; every other registered
+layer takes `wbits` / `abits`. Under "same" all layers take `wbits` / `abits` except the network's
+input, the image, which stays at 8 bits: image data are 8-bit, and the published all-layers tables
+(GDFQ, Qimera, IntraQ) quantize activations after ReLUs and feed the first conv a float image.
+Modules with parameters that cannot be quantized are returned by name so the report lists them.
 """
 from __future__ import annotations
 
@@ -51,9 +53,16 @@ def unquantizable(model: nn.Module, lone_bn: list[str]) -> list[str]:
     return out
 
 
+IMAGE_BITS = 8  # the first conv's input under first_last_bits "same"
+
+
 def layer_bits(order: list[str], cfg: QuantConfig) -> dict[str, tuple[int, int]]:
     bits = {n: (cfg.wbits, cfg.abits) for n in order}
-    if cfg.first_last_bits != "same" and order:
+    if not order:
+        return bits
+    if cfg.first_last_bits == "same":
+        bits[order[0]] = (cfg.wbits, max(cfg.abits, IMAGE_BITS))
+    else:
         edge = int(cfg.first_last_bits)
         bits[order[0]] = bits[order[-1]] = (edge, edge)
     return bits

@@ -69,7 +69,9 @@ def test_first_and_last_layers_take_first_last_bits():
     assert layers["linear"].weight_quantizer.bits == 8 and layers["layer1.0.conv1"].weight_quantizer.bits == 4
     model, _ = load_model("cifar10_resnet20", pretrained=False)
     result = prepare(model, QuantConfig(wbits=3, abits=3, first_last_bits="same"), [torch.randn(8, 3, 32, 32)])
-    assert result.bits["conv1"] == (3, 3)
+    # all layers 3 bit, but the image entering the first conv stays 8 bit
+    assert result.bits["conv1"] == (3, 8) and result.bits["linear"] == (3, 3)
+    assert quant_layers(model)["conv1"].input_quantizer.bits == 8
 
 
 def test_unquantizable_layers_are_listed():
