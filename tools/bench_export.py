@@ -3,7 +3,9 @@
 Part 1 (fidelity): cifar10_resnet20 with its real weights, quantized W8A8 and W4A4 by dfq.quant
 (range init only, a short calibration: this measures the exporter, not the quantizer), exported
 with `export_quantized`: onnxruntime top-1 vs PyTorch fake-quant top-1 on jpeg-10k, argmax agreement
-on the calibration images, and integer convolutions in onnxruntime's optimized graph.
+on the calibration images, and integer convolutions in onnxruntime's optimized graph. With
+`--runs DIR...` the same comparison for `dfq quantize` outputs (the fine-tuned models users get),
+agreement measured on their whole calibration set.
 
 Part 2 (speed): torchvision resnet18 (random init) W8A8 ONNX vs its FP32 ONNX at batch 1 and 8,
 timed alternately in one process so both see the same machine load; file sizes; a per-operator
@@ -64,7 +66,32 @@ def fidelity(bits: int, n_calib: int, limit: int | None) -> dict:
     t0 = time.perf_counter()
     summary = export_quantized(model, out_dir, cfg, calib)
     export_s = time.perf_counter() - t0
-    path = out_dir / "model.onnx"
+    row = {"model": "cifar10_resnet20", "bits": f"W{bits}A{bits}", "calib_images": n_calib}
+    row.update(compare_runtimes(model, cfg, out_dir / "model.onnx", calib, limit))
+    row.update(export_check=summary["check"], quantizers_added=len(summary["quantizers_added"]),
+               export_seconds=round(export_s, 1), onnx_bytes=summary["bytes"])
+    return row
+
+
+def fidelity_of_run(run_dir: Path, limit: int | None) -> dict:
+    """The same comparison for a `dfq quantize` output: its model.onnx, checked on its whole
+    calibration set (the fine-tuned model a user gets, not a range-initialized one)."""
+    from dfq.calibration import load_calibration
+    from dfq.quant.io import load_quantized
+
+    model, cfg = load_quantized(run_dir)
+    calib = load_calibration(run_dir / "calibration.npz").images
+    report = json.loads((run_dir / "report.json").read_text())
+    q = report["config"]["quant"] if "config" in report else {}
+    row = {"model": f"{run_dir}", "bits": f"W{q.get('wbits', '?')}A{q.get('abits', '?')}",
+           "calib_images": len(calib)}
+    row.update(compare_runtimes(model, cfg, run_dir / "model.onnx", calib, limit))
+    return row
+
+
+def compare_runtimes(model: torch.nn.Module, cfg, path: Path, calib: torch.Tensor,
+                     limit: int | None) -> dict:
+    """Top-1 of PyTorch and onnxruntime on jpeg-10k, argmax agreement on `calib`, fused convs."""
     session = open_session(path)
     predict = onnx_predictor(session)
     test = load_images(SHARED / "data/cifar10-test-jpeg.npz", cfg, limit=limit)
@@ -75,16 +102,13 @@ def fidelity(bits: int, n_calib: int, limit: int | None) -> dict:
     agree_calib = float((predict(calib).argmax(1) == ref).float().mean())
     counts = optimized_op_counts(path)
     return {
-        "model": "cifar10_resnet20", "bits": f"W{bits}A{bits}", "calib_images": n_calib,
         "test_images": acc_torch["n"],
         "top1_pytorch": acc_torch["top1"], "top1_onnxruntime": acc_ort["top1"],
         "top1_delta": round(acc_ort["top1"] - acc_torch["top1"], 2),
         "argmax_agreement_calib": round(100 * agree_calib, 2),
         "quantized_convs": sum(isinstance(m, QuantConv2d) for m in model.modules()),
         "integer_convs_optimized": integer_conv_count(counts),
-        "optimized_ops": dict(counts), "export_check": summary["check"],
-        "output_quantizers_added": len(summary["output_quantizers_added"]),
-        "export_seconds": round(export_s, 1), "onnx_bytes": summary["bytes"],
+        "optimized_ops": dict(counts),
     }
 
 
@@ -166,16 +190,17 @@ def speed(n_calib: int, rounds: int, threads: int | None) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# bench_export ({report['date']}, {report['machine']})", "",
-             "## ResNet-20 (CIFAR-10, real weights): onnxruntime vs PyTorch fake quant", "",
-             "| bits | top-1 PyTorch | top-1 onnxruntime | delta | argmax agreement (calib) | "
-             "integer convs / quantized convs | export check median / max dev (steps) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "## onnxruntime vs PyTorch fake quant (jpeg-10k top-1)", "",
+             ("| model | bits | top-1 PyTorch | top-1 onnxruntime | delta | argmax agreement "
+              "(calib) | integer convs / quantized convs | export check median / max dev (steps) |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["fidelity"]:
-        c = r["export_check"]
-        lines.append(f"| {r['bits']} | {r['top1_pytorch']:.2f} | {r['top1_onnxruntime']:.2f} | "
-                     f"{r['top1_delta']:+.2f} | {r['argmax_agreement_calib']:.2f}% | "
-                     f"{r['integer_convs_optimized']} / {r['quantized_convs']} | "
-                     f"{c['median_max_dev_steps']} / {c['max_dev_steps']} |")
+        c = r.get("export_check")
+        check = f"{c['median_max_dev_steps']} / {c['max_dev_steps']}" if c else ""
+        lines.append(f"| {r['model']} | {r['bits']} | {r['top1_pytorch']:.2f} | "
+                     f"{r['top1_onnxruntime']:.2f} | {r['top1_delta']:+.2f} | "
+                     f"{r['argmax_agreement_calib']:.2f}% ({r['calib_images']}) | "
+                     f"{r['integer_convs_optimized']} / {r['quantized_convs']} | {check} |")
     if report.get("speed"):
         s = report["speed"]
         lines += ["", "## torchvision resnet18 (random init), W8A8 vs FP32 ONNX, onnxruntime CPU",
@@ -206,6 +231,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-fidelity", action="store_true")
+    ap.add_argument("--runs", type=Path, nargs="*", default=[],
+                    help="`dfq quantize` output directories to check the same way (their "
+                         "model.onnx against quantized.pt, agreement on their calibration.npz)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
@@ -217,6 +245,9 @@ def main() -> None:
         for bits in (8, 4):
             report["fidelity"].append(fidelity(bits, args.calib, args.limit))
             print(json.dumps(report["fidelity"][-1], indent=1), flush=True)
+    for run_dir in args.runs:
+        report["fidelity"].append(fidelity_of_run(run_dir, args.limit))
+        print(json.dumps(report["fidelity"][-1], indent=1), flush=True)
     if not args.skip_speed:
         report["speed"] = speed(16, args.rounds, args.threads)
         print(json.dumps(report["speed"], indent=1), flush=True)

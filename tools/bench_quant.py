@@ -38,6 +38,10 @@ EXPERIMENTS = {
     "real-ft": ({}, "real", "real 5k-train images, full fine-tuning (ceiling)"),
     "no-relation": ({"relation_weight": 0.0}, "synth-norel", "ablation: relation losses off"),
     "no-recon": ({"reconstruct": False}, "synth", "ablation: block reconstruction off"),
+    "w4a4-same-long": ({"first_last_bits": "same", "recon_iters": 600, "kd_iters": 600}, "synth",
+                       "all layers 4 bit, twice the fine-tuning iterations"),
+    "w4a4-same-all": ({"first_last_bits": "same", "kd_params": "all"}, "synth",
+                      "all layers 4 bit, distillation also updates weights (STE)"),
 }
 
 
@@ -81,7 +85,12 @@ def run_model(name, only, args, results, out_dir):
     cache: dict = {}
     base = quant_config(None, dc, {})
     e2e = out_dir / f"{name}-w4a4"
-    if "w4a4" in only or any(EXPERIMENTS[e][1] == "synth" for e in only):
+    needs_synth = any(EXPERIMENTS[e][1] == "synth" for e in only)
+    if "w4a4" not in only and needs_synth and (e2e / "calibration.npz").exists():
+        # reuse the synthetic set of an earlier w4a4 run of this model (same seed and recipe)
+        cache["synth"] = load_calibration(e2e / "calibration.npz").images
+        print(name, "reusing", e2e / "calibration.npz", flush=True)
+    elif "w4a4" in only or needs_synth:
         start = time.perf_counter()
         scfg = synth_config(None, dc, {"num_images": args.num_images, "seed": args.seed})
         report = run_quantize(model, name, dc, base, e2e, synth_cfg=scfg, seed=args.seed,

@@ -2,11 +2,11 @@
 
     flock /tmp/dfq-bench.lock python tools/bench_synth.py --part quantizer --models cifar10_resnet20
 
-Parts: `quantizer` (FP ONNX -> onnxruntime quantize_static QDQ S8S8 per-channel, calibrated with 512
-images from dfq synthesize / real training images / Gaussian noise; top-1 on jpeg-10k and
-lossless-846), `ablation` (BN-only, BN + class prior, full RGAL; generator vs pixels), `cost` (wall
-time and images/s). Writes `runs/bench_synth/<part>.md` and `.json`. The training split is read only
-as baseline (b).
+Parts: `quantizer` (FP ONNX -> onnxruntime quantize_static QDQ S8S8 per-channel, and W8A4 with
+MinMax ranges, calibrated with 512 images from dfq synthesize / real training images / Gaussian
+noise; top-1 on jpeg-10k and lossless-846), `ablation` (BN-only, BN + class prior, full RGAL;
+generator vs pixels), `cost` (wall time and images/s). Writes `runs/bench_synth/<part>.md` and
+`.json`. The training split is read only as baseline (b).
 """
 from __future__ import annotations
 
@@ -50,19 +50,28 @@ def export_fp(model, cfg, path: Path) -> Path:
     return path
 
 
-def ort_quantize(fp: Path, out: Path, calib: CalibrationSet) -> Path:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+# onnxruntime quantize_static schemes: the issue's S8S8, and 4-bit activations with MinMax ranges,
+# where the calibration set's activation extremes decide the grids (onnxruntime has no fused 4-bit
+# kernels, so that one runs with graph optimizations off: Q/DQ and float convs).
+SCHEMES = {"S8S8": ("QInt8", True), "W8A4-minmax": ("QUInt4", False)}
 
+
+def ort_quantize(fp: Path, out: Path, calib: CalibrationSet, scheme: str = "S8S8") -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    act = getattr(QuantType, SCHEMES[scheme][0])
     quantize_static(str(fp), str(out), CalibrationReader(calib, "input", batch_size=64),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     return out
 
 
-def ort_top1(path: Path, cfg, tests: dict) -> dict:
+def ort_top1(path: Path, cfg, tests: dict, optimize: bool = True) -> dict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = torch.get_num_threads()
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
@@ -112,19 +121,25 @@ def part_quantizer(args, out: Path) -> list[dict]:
         model, cfg = load(name)
         tests = {k: load_images(SHARED / "data" / f, cfg) for k, f in TESTS.items()}
         fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
-        rows.append({"model": name, "calib": "none (FP)", **ort_top1(fp, cfg, tests)})
+        fp_acc = ort_top1(fp, cfg, tests)
+        rows.append({"model": name, "calib": "none (FP)",
+                     **{f"{s} {k}": v for s in args.schemes for k, v in fp_acc.items()}})
         scfg = synth_config(args.recipe, cfg, {"num_images": args.num_images, "iters": args.iters,
                                                "seed": args.seed})
         start = time.perf_counter()
-        synth = synthesize(model, scfg, cfg, progress=args.progress, model_name=name)
+        synth = synthesize(model, scfg, cfg, progress=args.progress, model_name=name,
+                           device=args.device)
         wall = time.perf_counter() - start
         sources = {"(a) dfq synthesize": synth,
                    "(b) real train-5k": real_calib(cfg, args.num_images, 0),
                    "(c) gaussian noise": noise_calib(cfg, args.num_images, 0)}
         for label, calib in sources.items():
-            q = ort_quantize(fp, out / f"{name}.{label[1]}.int8.onnx", calib)
-            row = {"model": name, "calib": label, **ort_top1(q, cfg, tests),
-                   **set_stats(model, calib, 0.5)}
+            row = {"model": name, "calib": label}
+            for scheme in args.schemes:
+                q = ort_quantize(fp, out / f"{name}.{label[1]}.{scheme}.onnx", calib, scheme)
+                acc = ort_top1(q, cfg, tests, optimize=SCHEMES[scheme][1])
+                row.update({f"{scheme} {k}": v for k, v in acc.items()})
+            row.update(set_stats(model, calib, 0.5))
             if calib is synth:
                 row.update(synth_seconds=round(wall, 1), images_per_s=round(len(synth) / wall, 3),
                            iters=scfg.iters, batch_size=scfg.batch_size, method=scfg.method)
@@ -203,9 +218,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when shared)")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--device", default="cpu",
+                    help="where the quantizer part synthesizes (cpu, cuda, auto): the same seed and "
+                         "recipe on CPU and GPU should give the same (a) accuracy within noise")
+    ap.add_argument("--schemes", default="S8S8,W8A4-minmax",
+                    help=f"quantize_static schemes of the quantizer part: {', '.join(SCHEMES)}")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_synth")
     args = ap.parse_args()
     args.models = args.models.split(",")
+    args.schemes = args.schemes.split(",")
+    if set(args.schemes) - set(SCHEMES):
+        ap.error(f"unknown schemes {sorted(set(args.schemes) - set(SCHEMES))}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     env = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
