@@ -81,7 +81,3 @@ def recipe_section(cls: type[C], section: str, recipe: str | Path,
     values = dict(load_recipe(recipe).get(section) or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from_dict(cls, values, where=section)
-
-
-def write_yaml(data: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

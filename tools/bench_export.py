@@ -40,9 +40,9 @@ from dfq.export.runtime import (
     session_options,
 )
 from dfq.models import load_model
-from dfq.quant.config import QuantConfig
+from dfq.quant.insert import prepare
 from dfq.quant.layers import QuantConv2d, quant_layers
-from dfq.quant.prepare import prepare
+from dfq.quant.quant_config import QuantConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 OUT = Path(__file__).resolve().parents[1] / "runs" / "bench_export"
@@ -77,7 +77,7 @@ def fidelity_of_run(run_dir: Path, limit: int | None) -> dict:
     """The same comparison for a `dfq quantize` output: its model.onnx, checked on its whole
     calibration set (the fine-tuned model a user gets, not a range-initialized one)."""
     from dfq.calibration import load_calibration
-    from dfq.quant.io import load_quantized
+    from dfq.quant.saved import load_quantized
 
     model, cfg = load_quantized(run_dir)
     calib = load_calibration(run_dir / "calibration.npz").images

@@ -20,9 +20,10 @@ from dfq.calibration import load_calibration
 from dfq.data import load_images
 from dfq.evaluate import evaluate
 from dfq.models import load_model
-from dfq.quant.pipeline import quant_config, quantize_, run_quantize
+from dfq.quant.pipeline import quantize_
+from dfq.run.quantize_run import run_quantize
+from dfq.run.recipe import quant_config, synth_config
 from dfq.synth import synthesize
-from dfq.synth.recipe import synth_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WEIGHTS = {"cifar10_resnet20": "cifar10-resnet20.th", "cifar10_resnet56": "cifar10-resnet56.th"}

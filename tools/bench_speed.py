@@ -23,7 +23,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfq.models import load_model
-from dfq.quant.pipeline import quant_config, quantize_
+from dfq.quant.pipeline import quantize_
+from dfq.run.recipe import quant_config
 from dfq.synth import SynthConfig, synthesize
 
 

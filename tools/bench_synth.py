@@ -24,9 +24,9 @@ from dfq.calibration import CalibrationReader, CalibrationSet
 from dfq.data import load_images
 from dfq.evaluate import evaluate
 from dfq.models import load_model
+from dfq.run.recipe import synth_config
 from dfq.synth import synthesize
 from dfq.synth.bn import BNStatHooks
-from dfq.synth.recipe import synth_config
 from dfq.synth.relation import penultimate_features
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from dfq.data.images import ImageSet
 from dfq.errors import DfqError
 from dfq.models.data_config import DataConfig
 
@@ -54,13 +53,7 @@ class CalibrationSet:
         for i in range(0, len(self), batch_size):
             yield self.images[i:i + batch_size], self.labels[i:i + batch_size]
 
-    def to_image_set(self) -> ImageSet:
-        """As dfq.data's ImageSet (already normalized), e.g. for `dfq.evaluate.evaluate`."""
-        return ImageSet(self.images, self.labels, normalized=True, source="calibration set")
-
     def pixels_uint8(self) -> torch.Tensor:
         """De-normalized to uint8 0..255 (rounded), the form PNG files hold."""
-        cfg = self.data_config
-        mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
-        std = torch.tensor(cfg.std).view(1, -1, 1, 1)
-        return (self.images * std + mean).mul(255.0).round().clamp(0, 255).to(torch.uint8)
+        pixels = self.data_config.denormalize(self.images)
+        return pixels.mul(255.0).round().clamp(0, 255).to(torch.uint8)

@@ -12,7 +12,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from dfq.calibration.dataset import CalibrationSet
-from dfq.calibration.io import load_calibration
+from dfq.calibration.formats import load_calibration
 from dfq.errors import DfqError
 
 

@@ -6,6 +6,9 @@ import re
 
 import click
 
+from dfq.device import resolve_device as resolve
+from dfq.errors import DfqError
+from dfq.models import load_model
 from dfq.models.data_config import INTERPOLATIONS
 
 _META_KEY = "dfq.model_extras"
@@ -102,8 +105,6 @@ def data_overrides() -> dict:
 
 def open_model(target: str, weights, pretrained):
     """`load_model` with every model option the user gave on the command line."""
-    from dfq.models import load_model
-
     extras = model_extras()
     return load_model(target, weights=weights, pretrained=pretrained,
                       num_classes=extras.get("num_classes"),
@@ -113,9 +114,6 @@ def open_model(target: str, weights, pretrained):
 
 def resolve_device(name: str) -> str:
     """`dfq.device.resolve_device`, with its error reported as a bad --device option."""
-    from dfq.device import resolve_device as resolve
-    from dfq.errors import DfqError
-
     try:
         return resolve(name)
     except DfqError as e:

@@ -42,10 +42,7 @@ class ImageSet:
         """Bring a slice of `x` into the model's input space (float32, mean/std applied)."""
         if self.normalized:
             return x.float()
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        mean = torch.tensor(cfg.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(cfg.std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return cfg.normalize(x.float() / 255.0 if x.dtype == torch.uint8 else x.float())
 
     def batches(self, cfg: DataConfig, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self), batch_size):

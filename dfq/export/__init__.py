@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dfq.export.config import ExportConfig
+from dfq.export.export_config import ExportConfig
+from dfq.export.fusion import prepare_for_export
 from dfq.export.onnx import export_onnx
-from dfq.export.prepare import prepare_for_export
 from dfq.models.data_config import DataConfig
 
 ONNX_FILENAME = "model.onnx"

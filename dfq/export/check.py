@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dfq.errors import DfqFailure
-from dfq.export.config import ExportConfig
+from dfq.export.export_config import ExportConfig
 from dfq.export.runtime import onnx_predictor, open_session
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 from dfq.export.trace import MARKER_DOMAIN, MARKER_OP
+from dfq.quant.quantizer import MIN_SCALE
 
 U8_SIGNED_ZP = 128
 
@@ -55,8 +56,6 @@ class _Graph:
 
 
 def _scale(q: nn.Module) -> np.ndarray:
-    from dfq.quant.quantizer import MIN_SCALE
-
     return q.scale.detach().float().clamp_min(MIN_SCALE).cpu().numpy().astype(np.float32)
 
 

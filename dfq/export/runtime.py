@@ -13,6 +13,7 @@ import torch
 
 from dfq.errors import DfqError
 from dfq.evaluate import Predictor
+from dfq.export.metadata import read_data_config
 from dfq.models.data_config import DataConfig
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -54,8 +55,6 @@ def open_session(path: str | Path, providers: tuple[str, ...] | list[str] | None
 
 def session_data_config(session: ort.InferenceSession, source: str) -> DataConfig:
     """Preprocessing from the file's metadata; the graph's own input shape wins over it."""
-    from dfq.export.onnx import read_data_config
-
     cfg = read_data_config(session.get_modelmeta().custom_metadata_map, source)
     shape = session.get_inputs()[0].shape
     if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from dfq.errors import DfqError
-from dfq.export.config import MAX_TRACE_OPSET
+from dfq.export.export_config import MAX_TRACE_OPSET
+from dfq.quant.quantizer import Quantizer
 
 MARKER_DOMAIN = "dfq"
 MARKER_OP = "Quant"
@@ -44,8 +45,6 @@ class _Marker(torch.autograd.Function):
 
 def quantizers(model: nn.Module) -> dict[str, nn.Module]:
     """Enabled quantizers by module name (disabled ones are identities and export as nothing)."""
-    from dfq.quant.quantizer import Quantizer
-
     return {name: m for name, m in model.named_modules()
             if isinstance(m, Quantizer) and m.enabled}
 
@@ -57,7 +56,7 @@ def _mark(tag: str, x: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def _marked(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
     """Route every enabled quantizer through `_Marker` while tracing; restores the modules."""
-    found = quantizers(model) if _has_quant() else {}
+    found = quantizers(model)
     for tag, q in found.items():
         q.forward = functools.partial(_mark, tag)
     try:
@@ -65,14 +64,6 @@ def _marked(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
     finally:
         for q in found.values():
             del q.forward
-
-
-def _has_quant() -> bool:
-    try:
-        import dfq.quant.quantizer  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def trace_graph(model: nn.Module, input_size: tuple[int, ...], opset: int

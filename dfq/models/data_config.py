@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from dfq.errors import DfqError
+
+Stats = tuple[torch.Tensor, torch.Tensor]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +49,29 @@ class DataConfig:
             )
         if not 0 < self.crop_pct <= 1:
             raise DfqError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def channel_stats(self, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> Stats:
+        """Mean and std as (1, C, 1, 1) tensors, to keep (e.g. as buffers) for repeated use."""
+        def shaped(v: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(v, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+        return shaped(self.mean), shaped(self.std)
+
+    def normalize(self, pixels: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
+        """Pixels in [0, 1] (NCHW) -> the model's input space, `(x - mean) / std`."""
+        mean, std = stats or self.channel_stats(pixels.device, pixels.dtype)
+        return (pixels - mean) / std
+
+    def denormalize(self, x: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
+        """The model's input space -> pixels (in [0, 1] for images that real pixels can give)."""
+        mean, std = stats or self.channel_stats(x.device, x.dtype)
+        return x * std + mean
+
+    def input_bounds(self, stats: Stats | None = None) -> Stats:
+        """Where pixel values 0 and 1 land in the input space, per channel."""
+        mean, std = stats or self.channel_stats()
+        return (0.0 - mean) / std, (1.0 - mean) / std
 
     def to_dict(self) -> dict:
         d = asdict(self)

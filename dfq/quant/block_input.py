@@ -3,7 +3,7 @@
 In a residual block `y = f(x) + x` the convolutions inside `f` quantize `x`, but the shortcut adds the
 float `x`: onnxruntime then runs that Add, and the layout conversions around it, in float. Giving the
 block one quantizer on its input (a forward pre-hook) makes both operands of the Add come from a
-DequantizeLinear, which onnxruntime fuses into QLinearAdd. `dfq.export.prepare` decides where one
+DequantizeLinear, which onnxruntime fuses into QLinearAdd. `dfq.export.fusion` decides where one
 goes; this module owns how it is attached, listed and rebuilt, so saved models reload with it.
 """
 from __future__ import annotations

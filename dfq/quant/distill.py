@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfq.progress import StepBar
-from dfq.quant.config import QuantConfig
 from dfq.quant.layers import quant_layers
+from dfq.quant.quant_config import QuantConfig
 from dfq.quant.reconstruct import trainable
 from dfq.synth.relation import penultimate_features, student_relation_loss
 

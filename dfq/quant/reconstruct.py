@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from dfq.progress import StepBar
-from dfq.quant.config import QuantConfig
 from dfq.quant.layers import QuantLayer, quant_layers
+from dfq.quant.quant_config import QuantConfig
 from dfq.quant.quantizer import Quantizer
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)

@@ -12,22 +12,7 @@ import torch
 from torch import nn
 
 from dfq.models.data_config import DataConfig
-from dfq.synth.config import SynthConfig
-
-
-class Normalizer(nn.Module):
-    """(x - mean) / std with the model's constants; `pixel_range` gives the normalized bounds."""
-
-    def __init__(self, data_config: DataConfig) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(data_config.mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(data_config.std).view(1, -1, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels - self.mean) / self.std
-
-    def pixel_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (0.0 - self.mean) / self.std, (1.0 - self.mean) / self.std
+from dfq.synth.synth_config import SynthConfig
 
 
 class Generator(nn.Module):
@@ -71,6 +56,19 @@ def _num_upsamples(side: int) -> int:
 class ImageSource(nn.Module):
     """What the optimizer moves: `forward()` gives the current batch of normalized images."""
 
+    def __init__(self, data_config: DataConfig) -> None:
+        super().__init__()
+        self.data_config = data_config
+        mean, std = data_config.channel_stats()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.data_config.normalize(pixels, (self.mean, self.std))
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data_config.input_bounds((self.mean, self.std))
+
     def param_groups(self, cfg: SynthConfig, lr_scale: float) -> list[dict]:
         raise NotImplementedError
 
@@ -81,14 +79,13 @@ class ImageSource(nn.Module):
 class GeneratorSource(ImageSource):
     def __init__(self, cfg: SynthConfig, data_config: DataConfig, batch: int,
                  generator: Generator | None = None) -> None:
-        super().__init__()
-        self.norm = Normalizer(data_config)
+        super().__init__(data_config)
         self.generator = generator or Generator(cfg.latent_dim, cfg.generator_width,
                                                 data_config.input_size)
         self.latent = nn.Parameter(torch.randn(batch, cfg.latent_dim))
 
     def forward(self) -> torch.Tensor:
-        return self.norm(self.generator(self.latent))
+        return self.normalize(self.generator(self.latent))
 
     def param_groups(self, cfg: SynthConfig, lr_scale: float) -> list[dict]:
         return [{"params": self.generator.parameters(), "lr": cfg.lr_generator * lr_scale},
@@ -97,9 +94,8 @@ class GeneratorSource(ImageSource):
 
 class PixelSource(ImageSource):
     def __init__(self, cfg: SynthConfig, data_config: DataConfig, batch: int) -> None:
-        super().__init__()
-        self.norm = Normalizer(data_config)
-        lo, hi = self.norm.pixel_range()
+        super().__init__(data_config)
+        lo, hi = self.bounds()
         self.pixels = nn.Parameter(torch.randn(batch, *data_config.input_size).clamp(lo, hi))
 
     def forward(self) -> torch.Tensor:
@@ -110,7 +106,7 @@ class PixelSource(ImageSource):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        lo, hi = self.norm.pixel_range()
+        lo, hi = self.bounds()
         self.pixels.copy_(torch.maximum(torch.minimum(self.pixels, hi), lo))
 
 

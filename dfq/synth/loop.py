@@ -25,9 +25,9 @@ from dfq.models.data_config import DataConfig
 from dfq.progress import StepBar
 from dfq.synth.augment import jitter_flip, swing
 from dfq.synth.bn import BNStatHooks, require_bn
-from dfq.synth.config import SynthConfig
 from dfq.synth.generator import Generator, make_source
 from dfq.synth.relation import penultimate_features, synthesis_relation_loss
+from dfq.synth.synth_config import SynthConfig
 
 TERMS = ("bn", "ce", "rel", "adv", "tv", "l2")
 

@@ -35,9 +35,9 @@ class TinyResNet(nn.Module):
 def tiny_quantized(bits: int, seed: int = 0, net: type[nn.Module] | None = None
                    ) -> tuple[nn.Module, torch.Tensor]:
     """A W{bits}A{bits} TinyResNet (or `net`; first/last layer 8 bit) and its calibration images."""
-    from dfq.quant.config import QuantConfig
+    from dfq.quant.insert import prepare
     from dfq.quant.layers import quant_layers
-    from dfq.quant.prepare import prepare
+    from dfq.quant.quant_config import QuantConfig
 
     torch.manual_seed(seed)
     model = (net or TinyResNet)().eval()

@@ -40,9 +40,9 @@ def test_evaluate_onnx_json_with_latency(fp_onnx, tmp_path):
 
 def test_export_of_a_quantize_directory_is_fully_fused(tmp_path):
     from dfq.models import load_model
-    from dfq.quant.config import QuantConfig
-    from dfq.quant.io import save_quantized
-    from dfq.quant.prepare import prepare
+    from dfq.quant.insert import prepare
+    from dfq.quant.quant_config import QuantConfig
+    from dfq.quant.saved import save_quantized
 
     model, cfg = load_model("cifar10_resnet20", pretrained=False)
     prepare(model, QuantConfig(wbits=4, abits=4), [torch.randn(16, 3, 32, 32)])

@@ -151,9 +151,9 @@ def test_4bit_block_inputs_stay_float(tmp_path):
 def test_block_input_quantizers_survive_save_and_reload(tmp_path):
     from dfq.models import load_model
     from dfq.quant.block_input import block_input_quantizers
-    from dfq.quant.config import QuantConfig
-    from dfq.quant.io import load_quantized, save_quantized
-    from dfq.quant.prepare import prepare
+    from dfq.quant.insert import prepare
+    from dfq.quant.quant_config import QuantConfig
+    from dfq.quant.saved import load_quantized, save_quantized
 
     model, dcfg = load_model("cifar10_resnet20", pretrained=False)
     cfg = QuantConfig(wbits=8, abits=8)

@@ -89,7 +89,7 @@ def test_interrupt_leaves_no_output(tmp_path, tiny_recipe, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dfq.calibration.save_calibration", interrupted)
+    monkeypatch.setattr("dfq.run.quantize_run.save_calibration", interrupted)
     out = tmp_path / "q"
     res = run("quantize", "cifar10_resnet20", "--no-pretrained", "--bits", "8", "--recipe", tiny_recipe,
               "--out", out)

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from dfq.models import load_model
-from dfq.quant.config import QuantConfig
+from dfq.quant.insert import prepare
 from dfq.quant.layers import QuantConv2d, QuantLinear, quant_layers
-from dfq.quant.prepare import prepare
+from dfq.quant.quant_config import QuantConfig
 
 
 def test_from_float_keeps_state_dict_keys_and_outputs_when_disabled():
@@ -81,8 +81,8 @@ def test_unquantizable_layers_are_listed():
 
 
 def test_save_and_reload_gives_the_same_outputs(tmp_path):
-    from dfq.quant.io import load_quantized, save_quantized
     from dfq.quant.quantizer import Quantizer
+    from dfq.quant.saved import load_quantized, save_quantized
 
     model, dcfg = load_model("cifar10_resnet20", pretrained=False)
     cfg = QuantConfig(wbits=4, abits=4)

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from dfq.models import load_model
-from dfq.quant.config import QuantConfig
 from dfq.quant.distill import distill, mean_kd_loss
+from dfq.quant.insert import prepare
 from dfq.quant.layers import quant_layers
 from dfq.quant.pipeline import quantize_
-from dfq.quant.prepare import prepare
+from dfq.quant.quant_config import QuantConfig
 from dfq.quant.reconstruct import units
 
 TINY = {"calib_batch_size": 8, "recon_iters": 2, "recon_batch_size": 4, "kd_iters": 2,

@@ -1,8 +1,8 @@
 import pytest
 
 from dfq.errors import DfqError
-from dfq.synth.config import SynthConfig
-from dfq.synth.recipe import default_recipe, synth_config
+from dfq.run.recipe import default_recipe, synth_config
+from dfq.synth.synth_config import SynthConfig
 from tests.synth.tiny import tiny_config
 
 

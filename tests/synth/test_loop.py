@@ -4,7 +4,6 @@ from torch import nn
 
 from dfq.errors import DfqError, DfqFailure
 from dfq.synth import SynthConfig, synthesize
-from dfq.synth.generator import Normalizer
 from dfq.synth.loop import adversarial_loss, balanced_targets
 from tests.synth.tiny import tiny_config, tiny_model
 
@@ -15,7 +14,7 @@ FAST = dict(num_images=12, batch_size=8, iters=3)
 def test_images_are_valid_normalized_pixels_with_balanced_labels(method):
     data = tiny_config()
     calib = synthesize(tiny_model(), SynthConfig(method=method, **FAST), data, progress=False)
-    lo, hi = Normalizer(data).pixel_range()
+    lo, hi = data.input_bounds()
     assert calib.images.shape == (12, 3, 8, 8) and calib.images.dtype == torch.float32
     assert torch.all(calib.images >= lo - 1e-5) and torch.all(calib.images <= hi + 1e-5)
     assert torch.bincount(calib.labels, minlength=4).tolist() == [3, 3, 3, 3]

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import click
 
-from dfq.cli import main
+from dfq.cli.group import main
 from dfq.cli.options import device, model_options, open_model, resolve_device
+from dfq.data import load_images
+from dfq.evaluate import evaluate
+from dfq.export.ort_eval import evaluate_onnx
+from dfq.quant.saved import load_quantized
 
 
 @main.command("evaluate")
@@ -33,9 +37,6 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, p
     TARGET is a model name (see `dfq models`), a `dfq quantize` output directory (the quantized
     PyTorch model, with the data config it was made with), or an .onnx file (run by onnxruntime).
     """
-    from dfq.data import load_images
-    from dfq.evaluate import evaluate
-
     if target.endswith(".onnx"):
         _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json)
         return
@@ -43,8 +44,6 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, p
         raise click.UsageError("--providers and --latency apply to an .onnx TARGET only")
     dev = resolve_device(device)
     if (Path(target) / "quantized.pt").is_file():  # a `dfq quantize` output directory
-        from dfq.quant.io import load_quantized
-
         model, cfg = load_quantized(target)
     else:
         model, cfg = open_model(target, weights, pretrained)
@@ -60,8 +59,6 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, p
 
 
 def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json) -> None:
-    from dfq.export.evaluate import evaluate_onnx
-
     names = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     result = evaluate_onnx(target, data, names, batch_size, limit, latency,
                            show_progress=not as_json)

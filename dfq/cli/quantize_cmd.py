@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
-from dfq.cli import main
+from dfq.cli.group import main
 from dfq.cli.options import device, model_options, open_model, resolve_device
+from dfq.run.quantize_run import run_quantize
+from dfq.run.recipe import quant_config, synth_config
 
 BITS = click.IntRange(2, 8)
 
@@ -49,9 +51,6 @@ def _first_last(ctx, param, value):
 def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, first_last_bits, calib,
                  num_images, recipe, out, seed, device, overwrite, export) -> None:
     """Quantize MODEL without its training data and fine-tune it by distillation."""
-    from dfq.quant.pipeline import quant_config, run_quantize
-    from dfq.synth.recipe import synth_config
-
     if bits is not None and (wbits is not None or abits is not None):
         raise click.UsageError("give either --bits or --wbits with --abits, not both")
     if bits is None and (wbits is None) != (abits is None):

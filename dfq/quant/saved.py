@@ -16,10 +16,10 @@ from dfq.config import config_from_dict, config_to_dict
 from dfq.errors import DfqError
 from dfq.models import DataConfig, load_model
 from dfq.quant.block_input import add_block_input_quantizer, block_input_quantizers
-from dfq.quant.config import QuantConfig
 from dfq.quant.fold import fold_bn
+from dfq.quant.insert import quantizable
 from dfq.quant.layers import QUANT_LAYERS, quant_layers
-from dfq.quant.prepare import quantizable
+from dfq.quant.quant_config import QuantConfig
 from dfq.quant.quantizer import Quantizer
 from dfq.quant.replace import replace_modules
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import click
 
-from dfq.cli import main
-from dfq.cli.options import device, model_options, resolve_device
+from dfq.cli.group import main
+from dfq.cli.options import device, model_options, open_model, resolve_device
+from dfq.run.recipe import synth_config
+from dfq.run.synthesize_run import default_output, run_synthesize
 
 FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibration.json), onnx-pb."
 
@@ -31,27 +33,12 @@ FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibratio
 def synthesize_cmd(model_name, weights, pretrained, num_images, batch_size, iters, method, relation,
                    recipe, out, fmt, seed, device, overwrite) -> None:
     """Synthesize calibration images for MODEL from its BatchNorm statistics (no data needed)."""
-    from dfq.calibration import FORMATS, save_calibration
-    from dfq.calibration.io import write_json
-    from dfq.errors import DfqError
-    from dfq.models import load_model
-    from dfq.synth import synthesize
-    from dfq.synth.recipe import synth_config
-
-    if fmt not in FORMATS:
-        raise DfqError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)} (--format)")
     dev = resolve_device(device)
-    model, data_config = load_model(model_name, weights=weights, pretrained=pretrained)
+    model, data_config = open_model(model_name, weights, pretrained)
     cfg = synth_config(recipe, data_config, dict(
         num_images=num_images, batch_size=batch_size, iters=iters, method=method,
         relation=relation, seed=seed))
-    stem = model_name.replace(":", "_")
-    out = Path(out or (f"{stem}-calib.npz" if fmt == "npz" else f"{stem}-calib"))
-    if out.exists() and not overwrite:
-        raise DfqError(f"{out} already exists; choose another --out or pass --overwrite")
-    calib = synthesize(model, cfg, data_config, device=dev, model_name=model_name)
-    save_calibration(calib, out, fmt, overwrite=overwrite)
-    report = out.with_name(out.name + ".report.json")
-    write_json({"command": "synthesize", **calib.metadata, "out": str(out), "format": fmt}, report)
+    out = Path(out) if out else default_output(model_name, fmt)
+    calib = run_synthesize(model, model_name, data_config, cfg, out, fmt, dev, overwrite)
     losses = " ".join(f"{k} {v:.4f}" for k, v in calib.metadata["final_losses"].items() if v)
     click.echo(f"{out}: {len(calib)} images ({fmt}) in {calib.metadata['seconds']:.1f} s; {losses}")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from dfq.cli import main
+from dfq.cli.group import main
+from dfq.models import list_models
 
 
 @main.command("models")
@@ -16,8 +17,6 @@ def models_cmd(pattern: str | None) -> None:
     'package.module:factory' (a callable returning an nn.Module, importable from the current
     directory), loaded with --weights.
     """
-    from dfq.models import list_models
-
     found = list_models(pattern)
     for source, names in found.items():
         click.echo(f"{source} ({len(names)}):")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dfq.data import load_images
 from dfq.errors import DfqError
 from dfq.evaluate import evaluate
 from dfq.export.runtime import (
@@ -21,8 +22,6 @@ def evaluate_onnx(path: str | Path, data: str | Path, providers: list[str] | Non
                   batch_size: int = 256, limit: int | None = None, latency: bool = False,
                   show_progress: bool = True) -> dict:
     """Top-1 / top-5 of `path` on `data`; `latency` adds batch-1 p50 / p90 ms, batch-32 images/s."""
-    from dfq.data import load_images
-
     session = open_session(path, providers)
     cfg = session_data_config(session, str(path))
     out_shape = session.get_outputs()[0].shape

@@ -20,7 +20,11 @@ import onnx
 import torch
 from torch import nn
 
-from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, trace_graph
+from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, quantizers, trace_graph
+from dfq.quant.block_input import add_block_input_quantizer, remove_block_input_quantizer
+from dfq.quant.layers import QuantConv2d, quant_layers
+from dfq.quant.quantizer import MIN_SCALE, Quantizer
+from dfq.quant.ranges import InputStats, init_act_scale
 
 OUTPUT_BITS = 8
 
@@ -43,8 +47,6 @@ def _tag(node: onnx.NodeProto) -> str:
 
 def unfused_layers(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, bool]:
     """Quantized convs that need an output quantizer, each with whether it must be signed."""
-    from dfq.quant.layers import QuantConv2d
-
     proto, found = trace_graph(model, input_size, 13)
     graph = proto.graph
     producers = {o: n for n in graph.node for o in n.output}
@@ -87,9 +89,6 @@ def snap_biases(model: nn.Module) -> list[str]:
     At 4 bits that grid is coarse enough that a float bias would move a few percent of the next
     layer's codes by one step; snapped, PyTorch computes what the integer kernel computes.
     """
-    from dfq.quant.layers import quant_layers
-    from dfq.quant.quantizer import MIN_SCALE
-
     done = []
     for name, layer in quant_layers(model).items():
         if layer.bias is None or layer.input_quantizer is None or not layer.input_quantizer.enabled:
@@ -151,10 +150,6 @@ def _attach_block_inputs(model: nn.Module, input_size: tuple[int, ...]) -> list[
     """Give each such block a copy of its first input quantizer and move its other input
     quantizers onto the same grid (they quantize the same tensor); keep only blocks where that
     took effect, i.e. the block's first argument was that input."""
-    from dfq.export.trace import quantizers
-    from dfq.quant.block_input import add_block_input_quantizer, remove_block_input_quantizer
-    from dfq.quant.quantizer import Quantizer
-
     wanted = block_inputs_to_quantize(model, input_size)
     if not wanted:
         return []
@@ -200,9 +195,6 @@ def prepare_for_export(model: nn.Module, calib: torch.Tensor,
 
 def _attach_output_quantizers(model: nn.Module, need: dict[str, bool], calib: torch.Tensor,
                               batch_size: int) -> None:
-    from dfq.quant.calibrate import InputStats, init_act_scale
-    from dfq.quant.quantizer import Quantizer
-
     stats = {name: InputStats(order=i) for i, name in enumerate(need)}
     gen = torch.Generator().manual_seed(0)
     hooks = [model.get_submodule(n).register_forward_hook(

@@ -5,9 +5,13 @@ import json
 from pathlib import Path
 
 import click
+import torch
 
-from dfq.cli import main
+from dfq.cli.group import main
 from dfq.cli.options import model_options, open_model
+from dfq.data import load_images
+from dfq.export import ExportConfig, export_onnx, prepare_for_export
+from dfq.quant.saved import load_quantized
 
 CALIB_NAMES = ("calibration.npz", "calib.npz")
 
@@ -28,13 +32,9 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, as_json) -> None:
     """Write TARGET as ONNX: a `dfq quantize` output directory as QDQ, or a model name as float."""
-    from dfq.export import ExportConfig, export_onnx, prepare_for_export
-
     cfg = ExportConfig(opset=opset, int4=int4, check=not no_check)
     quantized = Path(target).exists()
     if quantized:
-        from dfq.quant.io import load_quantized
-
         if weights or pretrained:
             raise click.UsageError("--weights / --pretrained apply to a model name, not to a "
                                    "quantize output directory")
@@ -44,8 +44,6 @@ def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, a
         model, data_config = open_model(target, weights, pretrained)
     images = _calib_images(calib, Path(target) if quantized else None, data_config)
     if quantized:
-        import torch
-
         prepare_for_export(model, images if images is not None
                            else torch.randn(64, *data_config.input_size))
     summary = export_onnx(model, out, cfg, data_config, images)
@@ -64,8 +62,6 @@ def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, a
 
 def _calib_images(calib: str | None, quant_dir: Path | None, data_config):
     """Normalized images for the check: --calib, else the quantize directory's calibration set."""
-    from dfq.data import load_images
-
     path = Path(calib) if calib else None
     if path is None and quant_dir is not None and quant_dir.is_dir():
         path = next((quant_dir / n for n in CALIB_NAMES if (quant_dir / n).is_file()), None)

@@ -7,11 +7,7 @@ unless `overwrite`. All three formats reload to the same tensors (PNG up to its 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,47 +15,12 @@ import torch
 
 from dfq.calibration.dataset import CalibrationSet
 from dfq.errors import DfqError
+from dfq.files import atomic_path
+from dfq.models.data_config import DataConfig
 
 FORMATS = ("npz", "png", "onnx-pb")
 META_KEY = "dfq_meta"
 SIDECAR = "dfq_calibration.json"
-
-
-@contextmanager
-def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path to write a file or directory to; it becomes `final` on success."""
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise DfqError(f"{final} already exists; choose another --out or pass --overwrite")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        _remove(trash)
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        _remove(trash)
-    else:
-        os.replace(tmp, final)
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
-
-
-def write_json(data: dict, path: str | Path, overwrite: bool = True) -> None:
-    """A JSON file written atomically (reports, sidecars)."""
-    with atomic_path(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
 
 
 def save_calibration(cs: CalibrationSet, path: str | Path, fmt: str | None = None,
@@ -174,9 +135,7 @@ def _read_png(p: Path, side: dict) -> torch.Tensor:
     if pixels.ndim == 3:
         pixels = pixels[..., None]
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / float(side.get("pixel_scale", 255))
-    mean = torch.tensor(side["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(side["std"]).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return DataConfig(side["size"], side["mean"], side["std"]).normalize(x)
 
 
 def _read_pb(p: Path, side: dict) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dfq.calibration import CalibrationSet, load_calibration, save_calibration
-from dfq.calibration.io import atomic_path
+from dfq.calibration.formats import atomic_path
 from dfq.data import load_images
 from dfq.errors import DfqError
 from dfq.models.data_config import DataConfig

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dfq.quant.calibrate import init_act_scale, init_weight_scale, observe_inputs
-from dfq.quant.config import QuantConfig
 from dfq.quant.fold import fold_bn
 from dfq.quant.layers import QUANT_LAYERS, quant_layers
+from dfq.quant.quant_config import QuantConfig
+from dfq.quant.ranges import init_act_scale, init_weight_scale, observe_inputs
 from dfq.quant.replace import replace_modules
 
 
