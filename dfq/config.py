@@ -29,6 +29,12 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "")
             close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(fields))}"
             raise DfqError(f"unknown key '{key}'{f' in {where}' if where else ''}; {hint}")
+    for f in dataclasses.fields(cls):  # nested sections (e.g. synth.dfad) get the same checks
+        if isinstance(data.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:
+            proto = f.default_factory()
+            if dataclasses.is_dataclass(proto):
+                inner = f"{where}.{f.name}" if where else f.name
+                data[f.name] = config_from_dict(type(proto), data[f.name], inner)
     try:
         return cls(**data)
     except TypeError as e:

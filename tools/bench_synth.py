@@ -26,7 +26,7 @@ from dfq.evaluate import evaluate
 from dfq.models import load_model
 from dfq.run.recipe import synth_config
 from dfq.synth import synthesize
-from dfq.synth.bn import BNStatHooks
+from dfq.synth.bn_stats import BNStatHooks
 from dfq.synth.relation import penultimate_features
 
 ROOT = Path(__file__).resolve().parents[1]

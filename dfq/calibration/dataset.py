@@ -25,6 +25,7 @@ class CalibrationSet:
     images: torch.Tensor
     labels: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: Any = field(default=None, repr=False, compare=False)  # a live image source (DFAD)
 
     def __post_init__(self) -> None:
         self.images = torch.as_tensor(self.images).detach().float().cpu().contiguous()

@@ -6,11 +6,10 @@ feeds a residual Add, a pooling layer, or a ReLU that also feeds the shortcut ha
 would run in float. Those layers get `output_quantizer`: unsigned 8-bit when a ReLU is the only
 consumer (a Q at zero point 0 equals ReLU then Q), signed 8-bit otherwise, calibrated on calibration
 images.
-A residual block whose shortcut adds its float input gets a block-input quantizer
-(`dfq.quant.block_input`) copied from the 8-bit quantizer its first conv already applies to that
-input: the conv sees the same codes, the Add gets two dequantized operands and fuses into QLinearAdd,
-and the layout stays NHWC across the block. Only an 8-bit quantizer is copied: where the block's
-layers quantize its input to fewer bits, the shortcut stays float rather than lose precision.
+The residual stream is already quantized where it enters each block (`dfq.quant.insert`), so a
+residual Add has two dequantized operands once the conv before it has its output quantizer; a
+block whose output reaches no quantizer (the last one before pooling) gets an 8-bit output
+quantizer, so its Add still fuses into QLinearAdd.
 The PyTorch model applies all of these too, so the fake-quant model and the ONNX graph compute the
 same thing.
 """
@@ -20,11 +19,11 @@ import onnx
 import torch
 from torch import nn
 
-from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, quantizers, trace_graph
-from dfq.quant.block_input import add_block_input_quantizer, remove_block_input_quantizer
+from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, trace_graph
+from dfq.quant.attached import attach_quantizer, attached_quantizers
 from dfq.quant.layers import QuantConv2d, quant_layers
-from dfq.quant.quantizer import MIN_SCALE, Quantizer
-from dfq.quant.ranges import InputStats, init_act_scale
+from dfq.quant.quantizer import MIN_SCALE, Quantizer, all_quantizers
+from dfq.quant.ranges import InputStats, init_act_scale, observe
 
 OUTPUT_BITS = 8
 
@@ -105,112 +104,70 @@ def bias_scale(s_in: torch.Tensor, s_w: torch.Tensor, min_scale: float) -> torch
     return (s_in * s_w.detach().float().clamp_min(min_scale).reshape(-1))
 
 
-def block_inputs_to_quantize(model: nn.Module, input_size: tuple[int, ...]
-                             ) -> dict[str, list[str]]:
-    """Residual blocks that keep a float tensor between integer kernels, each with the 8-bit input
-    quantizers (marker tags) its layers apply to the block's input.
-
-    A block qualifies when its input (the one tensor it reads from outside) feeds its residual Add
-    in float, or feeds several quantizers: then neither the Add before nor the one after can fuse.
-    """
-    proto, found = trace_graph(model, input_size, 13)
-    graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers = _consumers(graph)
-    const = {t.name for t in graph.initializer}
-    for n in graph.node:  # folded constants reach the graph through Identity / Constant nodes
-        if all(i in const for i in n.input):
-            const.update(n.output)
-    out: dict[str, list[str]] = {}
-    for node in graph.node:
-        parts = node.name.split("/")
-        if node.op_type != "Add" or len(parts) < 3:
-            continue
-        block, scope = parts[-2], node.name.rsplit("/", 1)[0] + "/"
-        inside = [n for n in graph.node if n.name.startswith(scope)]
-        outer = {i for n in inside for i in n.input if i in producers and i not in const
-                 and not producers[i].name.startswith(scope)}
-        if len(outer) != 1:
-            continue
-        x = outer.pop()
-        if _is_marker(producers[x]):
-            continue  # already quantized (by this block's input quantizer once it has one)
-        marks = [c for c in consumers.get(x, []) if _is_marker(c) and c.name.startswith(scope)]
-        tags = [_tag(c) for c in marks]
-        grids = {(found[t].bits, found[t].signed, found[t].channel_axis) for t in tags}
-        if not tags or grids != {(8, found[tags[0]].signed, None)}:
-            continue  # nothing to copy, or inputs narrower than 8 bits: leave the block float
-        if x in node.input or len(marks) > 1:
-            out[block] = tags
-    return out
-
-
 @torch.no_grad()
-def _attach_block_inputs(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
-    """Give each such block a copy of its first input quantizer and move its other input
-    quantizers onto the same grid (they quantize the same tensor); keep only blocks where that
-    took effect, i.e. the block's first argument was that input."""
-    wanted = block_inputs_to_quantize(model, input_size)
-    if not wanted:
-        return []
-    found = quantizers(model)
-    saved = {}
-    for block, tags in wanted.items():
-        src = found[tags[0]]
-        q = Quantizer(src.bits, src.signed).to(src.scale.device)
-        q.scale.copy_(src.scale.detach().reshape(()))
-        q.scale.requires_grad_(False)
-        for t in tags[1:]:
-            saved[t] = found[t].scale.detach().clone()
-            found[t].scale.copy_(q.scale)
-        add_block_input_quantizer(model.get_submodule(block), q)
-    left = block_inputs_to_quantize(model, input_size)
-    for block in left:
-        if block in wanted:
-            remove_block_input_quantizer(model.get_submodule(block))
-            for t in wanted[block][1:]:
-                found[t].scale.copy_(saved[t])
-    return [b for b in wanted if b not in left]
+def unconsumed_block_outputs(model: nn.Module, example: torch.Tensor) -> dict[str, bool]:
+    """Blocks whose input is quantized (residual blocks, `dfq.quant.attached`) but whose output
+    reaches no quantizer (the last block before pooling), each with whether it is ever negative.
+
+    Found by tensor identity in one forward pass, from the module tree, not from graph names.
+    """
+    blocks = attached_quantizers(model, "input")
+    outputs: dict[str, torch.Tensor] = {}
+    consumed: list[torch.Tensor] = []
+    handles = [q.register_forward_pre_hook(lambda _m, inp: consumed.append(inp[0]))
+               for q in all_quantizers(model)]
+    for name in blocks:
+        handles.append(model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: outputs.__setitem__(name, out)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {name: bool(out.min() < 0) for name, out in outputs.items()
+            if isinstance(out, torch.Tensor) and not any(out is c for c in consumed)}
 
 
 @torch.no_grad()
 def prepare_for_export(model: nn.Module, calib: torch.Tensor,
                        input_size: tuple[int, ...] | None = None,
                        batch_size: int = 64) -> list[str]:
-    """Attach and calibrate output quantizers where onnxruntime needs them, give float-shortcut
-    blocks their input quantizer, then snap the biases.
+    """Attach and calibrate 8-bit output quantizers where onnxruntime needs a QuantizeLinear to
+    fuse (convs feeding an Add or pooling; residual blocks whose output feeds no quantizer), then
+    snap the biases to their int32 grid.
 
-    Returns the layers that got an output quantizer and the blocks that got an input quantizer.
-    Idempotent: layers and blocks that already carry one are left alone, and a snapped bias stays
-    where it is.
+    Returns the layers and blocks that got an output quantizer. Idempotent: layers and blocks that
+    already carry one are left alone, and a snapped bias stays where it is.
     """
     input_size = input_size or tuple(calib.shape[1:])
     need = unfused_layers(model, input_size)
-    if need:
-        _attach_output_quantizers(model, need, calib, batch_size)
-    blocks = _attach_block_inputs(model, input_size)
+    blocks = {name: signed for name, signed in
+              unconsumed_block_outputs(model, calib[:2].float()).items()
+              if name not in attached_quantizers(model, "output")}
+    if need or blocks:
+        _attach_output_quantizers(model, need, blocks, calib, batch_size)
     snap_biases(model)
-    return list(need) + blocks
+    return list(need) + list(blocks)
 
 
-def _attach_output_quantizers(model: nn.Module, need: dict[str, bool], calib: torch.Tensor,
-                              batch_size: int) -> None:
-    stats = {name: InputStats(order=i) for i, name in enumerate(need)}
-    gen = torch.Generator().manual_seed(0)
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, out, n=n: stats[n].add(out, gen)) for n in need]
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, len(calib), batch_size):
-            model(calib[i:i + batch_size].float())
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    for name, signed in need.items():
+def _attach_output_quantizers(model: nn.Module, layers: dict[str, bool], blocks: dict[str, bool],
+                              calib: torch.Tensor, batch_size: int) -> None:
+    names = list(layers) + list(blocks)
+    _, stats = observe(model, [], list(calib.split(batch_size)), names)
+    for name, signed in layers.items():
         layer = model.get_submodule(name)
-        q = Quantizer(OUTPUT_BITS, signed).to(layer.weight.device)
-        init_act_scale(q, stats[name].sample(), "mse")
-        q.scale.requires_grad_(False)
-        layer.output_quantizer = q
+        layer.output_quantizer = _calibrated(signed, stats[name], layer.weight.device)
+    for name, signed in blocks.items():
+        device = next(model.parameters()).device
+        attach_quantizer(model.get_submodule(name), _calibrated(signed, stats[name], device),
+                         "output")
+
+
+def _calibrated(signed: bool, stats: InputStats, device: torch.device) -> Quantizer:
+    q = Quantizer(OUTPUT_BITS, signed).to(device)
+    init_act_scale(q, stats.sample(), "mse")
+    q.scale.requires_grad_(False)
+    return q

@@ -1,46 +1,33 @@
-"""Network distillation: the FP model teaches the fake-quantized one on augmented calibration views.
+"""Network distillation: the FP model teaches the fake-quantized one on views of the calibration set.
 
-KL divergence between softened logits (temperature T, scaled by T^2) plus RGAL's student-phase relation
-loss (standard triplet on penultimate features, distance-weighted negatives, teacher argmax labels).
-What is trained is set by `kd_params`: step sizes and biases ("scales"), or also the weights ("all").
+KL divergence between softened logits (temperature T, scaled by T^2) plus RGAL's student-phase
+relation loss (standard triplet on the student's penultimate features, negatives sampled by
+distances between its logits, teacher argmax labels). What is trained is set by `kd_params`: step
+sizes and biases ("scales"), or also the weights ("all"). Images come from a data source: a fixed
+calibration set in K x M class batches, or a live one such as DFAD's generator. Losses stay on the
+device and reach the host every `log_every` steps.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dfq.modes import trainable
 from dfq.progress import StepBar
+from dfq.quant.data_source import DataSource
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
-from dfq.quant.reconstruct import trainable
-from dfq.synth.relation import penultimate_features, student_relation_loss
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """A fresh view per image: random shift (reflect padding, crop) and horizontal flip."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    i = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    j = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    rows = (i[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
-    flip = torch.rand(n, generator=gen).to(x.device) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
-                    reduction="batchmean", log_target=True) * t * t
+from dfq.quant.quantizer import activation_quantizers
+from dfq.synth.features import penultimate_features
+from dfq.synth.relation import student_relation_loss
+from dfq.synth.student import kd_loss
 
 
 def kd_parameters(model: nn.Module, what: str) -> list[nn.Parameter]:
-    params = []
+    """Step sizes (weights and activations) and biases, plus the weights for 'all'."""
+    params = [q.scale for q in activation_quantizers(model)]
     for layer in quant_layers(model).values():
-        params += [q.scale for q in (layer.weight_quantizer, layer.input_quantizer) if q is not None]
+        params.append(layer.weight_quantizer.scale)
         if layer.bias is not None:
             params.append(layer.bias)
         if what == "all":
@@ -48,49 +35,48 @@ def kd_parameters(model: nn.Module, what: str) -> list[nn.Parameter]:
     return params
 
 
-def distill(student: nn.Module, teacher: nn.Module, images: torch.Tensor, cfg: QuantConfig,
+def distill(student: nn.Module, teacher: nn.Module, source: DataSource, cfg: QuantConfig,
             progress: bool = True, seed: int = 0) -> dict:
-    """`cfg.kd_iters` steps of KD (+ relation loss); returns first/last mean losses."""
+    """`cfg.kd_iters` steps of KD (+ relation loss); returns first/last losses and the history."""
     gen = torch.Generator().manual_seed(seed)
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
     params = kd_parameters(student, cfg.kd_params)
     opt = torch.optim.Adam(params, lr=cfg.kd_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.kd_iters))
-    history: list[tuple[float, float]] = []
+    history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0
+    sums = torch.zeros(2)
+    count = 0
     with trainable(params), penultimate_features(student) as feats, \
             StepBar(cfg.kd_iters, "distill", enabled=progress) as bar:
-        for _ in range(cfg.kd_iters):
-            idx = torch.randint(0, len(images), (min(cfg.kd_batch_size, len(images)),),
-                                generator=gen).to(images.device)
-            x = augment(images[idx], gen)
-            with torch.no_grad():
-                t_logits = teacher(x)
+        for step in range(cfg.kd_iters):
+            x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
             s_logits = student(x)
             kd = kd_loss(s_logits, t_logits, cfg.kd_temperature)
-            rel = student_relation_loss(feats["features"], t_logits.argmax(1), cfg.relation_margin) \
-                if relation else kd * 0.0
+            rel = (student_relation_loss(feats["features"], s_logits.detach(), t_logits.argmax(1),
+                                         cfg.relation_margin) if relation else kd * 0.0)
             loss = kd + cfg.relation_weight * rel
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            history.append((kd.item(), rel.item()))
-            bar.step(1, f"kd {history[-1][0]:.4f} rel {history[-1][1]:.4f}")
+            sums = sums.to(kd.device) + torch.stack([kd.detach(), rel.detach()])
+            count += 1
+            if count == cfg.log_every or step == cfg.kd_iters - 1:
+                kd_mean, rel_mean = (sums / count).tolist()
+                history.append({"step": step + 1, "kd": kd_mean, "rel": rel_mean})
+                bar.step(count, f"kd {kd_mean:.4f} rel {rel_mean:.4f}")
+                sums, count = torch.zeros(2), 0
     return _summary(history)
 
 
-def _summary(history: list[tuple[float, float]]) -> dict:
+def _summary(history: list[dict[str, float]]) -> dict:
     if not history:
-        return {"kd_first": None, "kd_last": None, "relation_last": None}
-    k = max(1, len(history) // 10)
-
-    def mean(rows: list[tuple[float, float]], i: int) -> float:
-        return round(sum(r[i] for r in rows) / len(rows), 6)
-
-    return {"kd_first": mean(history[:k], 0), "kd_last": mean(history[-k:], 0),
-            "relation_last": mean(history[-k:], 1), "steps": len(history)}
+        return {"kd_first": None, "kd_last": None, "relation_last": None, "history": []}
+    return {"kd_first": round(history[0]["kd"], 6), "kd_last": round(history[-1]["kd"], 6),
+            "relation_last": round(history[-1]["rel"], 6), "steps": history[-1]["step"],
+            "history": history}
 
 
 @torch.no_grad()

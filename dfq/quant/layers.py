@@ -29,14 +29,6 @@ def register_quant_layer(float_type: type[nn.Module]) -> Callable[[type], type]:
 class QuantMixin:
     """What both quantized layers share: quantizers, weight rounding hook, baking."""
 
-    def _filled(self, m: nn.Module) -> nn.Module:
-        """`m` (the float twin) given the quantized weight and the bias: what `to_float` returns."""
-        with torch.no_grad():
-            m.weight.copy_(self.quantized_weight())
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m.train(self.training)
-
     weight: nn.Parameter
     weight_quantizer: Quantizer
     input_quantizer: Quantizer | None
@@ -78,24 +70,27 @@ class QuantMixin:
 
 @register_quant_layer(nn.Conv2d)
 class QuantConv2d(QuantMixin, nn.Conv2d):
+    same_pad: tuple[int, int, int, int] | None = None  # (left, right, top, bottom), TF "same"
+
     @classmethod
     def from_float(cls, module: nn.Conv2d, wbits: int, abits: int | None,
-                   input_signed: bool = True) -> QuantConv2d:
+                   input_signed: bool = True,
+                   same_pad: tuple[int, int, int, int] | None = None) -> QuantConv2d:
+        """`same_pad`: the static padding of a TF-"same" conv (timm's Conv2dSame) at the model's
+        input size, applied to the quantized input (zeros stay on the grid)."""
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                 module.padding, module.dilation, module.groups, module.bias is not None,
                 module.padding_mode, device=module.weight.device, dtype=module.weight.dtype)
         q._copy_float(module)
         q._init_quant(wbits, abits, input_signed)
+        q.same_pad = None if same_pad is None else tuple(int(p) for p in same_pad)
         return q.train(module.training)
 
-    def to_float(self) -> nn.Conv2d:
-        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                      self.dilation, self.groups, self.bias is not None, self.padding_mode,
-                      device=self.weight.device, dtype=self.weight.dtype)
-        return self._filled(m)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._conv_forward(self.quant_input(x), self.quantized_weight(), self.bias)
+        x = self.quant_input(x)
+        if self.same_pad is not None:
+            x = F.pad(x, self.same_pad)
+        y = self._conv_forward(x, self.quantized_weight(), self.bias)
         return self.quant_output(y)
 
 
@@ -103,17 +98,12 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
 class QuantLinear(QuantMixin, nn.Linear):
     @classmethod
     def from_float(cls, module: nn.Linear, wbits: int, abits: int | None,
-                   input_signed: bool = True) -> QuantLinear:
+                   input_signed: bool = True, same_pad: None = None) -> QuantLinear:
         q = cls(module.in_features, module.out_features, module.bias is not None,
                 device=module.weight.device, dtype=module.weight.dtype)
         q._copy_float(module)
         q._init_quant(wbits, abits, input_signed)
         return q.train(module.training)
-
-    def to_float(self) -> nn.Linear:
-        m = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                      device=self.weight.device, dtype=self.weight.dtype)
-        return self._filled(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(self.quant_input(x), self.quantized_weight(), self.bias)

@@ -14,18 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfq.quant.data_source import DataSource, FixedImages
 from dfq.quant.distill import distill, mean_kd_loss
 from dfq.quant.insert import prepare
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
+from dfq.quant.quantizer import MIN_SCALE, activation_quantizers, all_quantizers
 from dfq.quant.reconstruct import reconstruct
 
 
 @contextmanager
 def quantizers_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Every quantizer of `model` is the identity inside (the folded FP model); restored on exit."""
-    qs = [q for layer in quant_layers(model).values()
-          for q in (layer.weight_quantizer, layer.input_quantizer, layer.output_quantizer) if q is not None]
+    qs = all_quantizers(model)
     old = [q.enabled for q in qs]
     for q in qs:
         q.enabled = False
@@ -46,9 +47,12 @@ def _stage(report: dict, name: str) -> Iterator[dict]:
         report["stages"][name] = {"seconds": round(time.perf_counter() - start, 3), **info}
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor, teacher: nn.Module | None = None,
-              progress: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Quantize `model` in place on normalized calibration images `calib` (N, C, H, W).
+def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | DataSource,
+              teacher: nn.Module | None = None, progress: bool = True,
+              seed: int = 0) -> dict[str, Any]:
+    """Quantize `model` in place on normalized calibration images (N, C, H, W), or on a data
+    source whose `images` initialize ranges and drive reconstruction and whose `batch()` feeds
+    distillation (e.g. DFAD's generator).
 
     The FP `teacher` defaults to a copy of `model` taken before quantization. Returns a report:
     per-stage seconds and losses, per-layer bits, folded BN pairs and the layers left in float.
@@ -56,29 +60,41 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor, teacher: 
     torch.manual_seed(seed)
     model.eval()
     teacher = (teacher if teacher is not None else copy.deepcopy(model)).eval()
-    calib = calib.float()
-    report: dict[str, Any] = {"stages": {}, "num_calibration_images": len(calib)}
+    images = (calib if isinstance(calib, torch.Tensor) else calib.images).float()
+    report: dict[str, Any] = {"stages": {}, "num_calibration_images": len(images),
+                              "protocol": cfg.protocol}
     with _stage(report, "prepare") as info:
-        batches = list(calib.split(cfg.calib_batch_size))
-        prep = prepare(model, cfg, batches)
-        info["kd_loss"] = round(mean_kd_loss(model, teacher, calib, cfg.kd_temperature), 6)
+        prep = prepare(model, cfg, list(images.split(cfg.calib_batch_size)))
+        info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)
     report.update(bits={k: list(v) for k, v in prep.bits.items()}, folded_bn=len(prep.folded),
+                  block_inputs=prep.block_inputs, activation_quantizers=prep.activations,
                   unquantized_layers=prep.unquantized)
     if cfg.reconstruct and cfg.recon_iters > 0:
         with _stage(report, "reconstruct") as info:
             fp = copy.deepcopy(model)
             with quantizers_disabled(fp):
-                rec = reconstruct(model, fp, calib, cfg, progress)
+                rec = reconstruct(model, fp, images, cfg, progress)
             del fp
             info.update(skipped=rec["skipped"],
-                        block_losses={k: [round(a, 6), round(b, 6)] for k, (a, b) in rec["block_losses"].items()},
-                        kd_loss=round(mean_kd_loss(model, teacher, calib, cfg.kd_temperature), 6))
+                        block_losses={k: [round(a, 6), round(b, 6)]
+                                      for k, (a, b) in rec["block_losses"].items()},
+                        kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6))
     if cfg.kd_iters > 0:
         with _stage(report, "distill") as info:
-            info.update(distill(model, teacher, calib, cfg, progress, seed))
+            source = calib if not isinstance(calib, torch.Tensor) else FixedImages(
+                images, teacher, cfg.kd_augment, cfg.class_images, cfg.kd_batch_size)
+            info.update(distill(model, teacher, source, cfg, progress, seed))
     with _stage(report, "bake") as info:
-        for layer in quant_layers(model).values():
-            layer.bake()
-        model.requires_grad_(False)
-        info["kd_loss"] = round(mean_kd_loss(model, teacher, calib, cfg.kd_temperature), 6)
+        bake(model)
+        info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)
     return report
+
+
+@torch.no_grad()
+def bake(model: nn.Module) -> None:
+    """Fix the quantized weights and keep every step size positive: the model as exported."""
+    for layer in quant_layers(model).values():
+        layer.bake()
+    for q in activation_quantizers(model):
+        q.scale.clamp_(min=MIN_SCALE)
+    model.requires_grad_(False)

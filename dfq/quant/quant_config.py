@@ -5,18 +5,25 @@ from dataclasses import dataclass
 
 from dfq.errors import DfqError
 
+PROTOCOLS = ("deploy", "gdfq", "genie")
 WEIGHT_INITS = ("mse", "minmax")
 ACT_INITS = ("mse", "percentile", "minmax")
 KD_PARAMS = ("all", "scales")
+KD_AUGMENTS = ("shift_flip", "flip")
 
 
 @dataclass
 class QuantConfig:
-    """Defaults are the "deploy" protocol of DESIGN section 2 and the fine-tuning of section 3."""
+    """Defaults are the "deploy" protocol of DESIGN section 2 and the fine-tuning of section 3.
+
+    `first_last_bits`: bits of the first conv and last linear, or "same" as every layer; None
+    takes the protocol's own (deploy and genie: 8, gdfq: same).
+    """
 
     wbits: int = 4
     abits: int = 4
-    first_last_bits: int | str = 8  # bits of the first conv and last linear, or "same" (image: 8)
+    protocol: str = "deploy"
+    first_last_bits: int | str | None = None
     weight_init: str = "mse"
     act_init: str = "mse"
     act_percentile: float = 99.99
@@ -36,17 +43,24 @@ class QuantConfig:
     kd_lr: float = 1e-5
     kd_params: str = "scales"  # "scales": step sizes and biases; "all": also weights (STE)
     kd_temperature: float = 4.0
+    kd_augment: str = "shift_flip"  # or "flip": teacher logits cached for both orientations
+    class_images: int = 0  # images per class in a distillation batch (M); 0: automatic
     relation_weight: float = 0.1
     relation_margin: float = 0.2
+    log_every: int = 10
 
     def __post_init__(self) -> None:
         for name in ("wbits", "abits"):
             bits = getattr(self, name)
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise DfqError(f"{name} must be an integer from 2 to 8, got {bits!r}")
-        if self.first_last_bits != "same" and (
+        if self.first_last_bits not in (None, "same") and (
                 not isinstance(self.first_last_bits, int) or not 2 <= self.first_last_bits <= 8):
             raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
+        _choice("protocol", self.protocol, PROTOCOLS)
+        _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
+        if self.log_every < 1 or self.class_images < 0 or self.class_images == 1:
+            raise DfqError("log_every must be >= 1 and class_images 0 (automatic) or >= 2")
         _choice("weight_init", self.weight_init, WEIGHT_INITS)
         _choice("act_init", self.act_init, ACT_INITS)
         _choice("kd_params", self.kd_params, KD_PARAMS)
@@ -68,9 +82,12 @@ class QuantConfig:
             raise DfqError("round_reg_weight, relation_weight and relation_margin must be >= 0")
 
     @property
-    def edge_bits(self) -> int:
-        """Bits of the first conv and last linear."""
-        return self.wbits if self.first_last_bits == "same" else int(self.first_last_bits)
+    def edge_bits(self) -> int | str:
+        """Bits of the first conv and last linear ("same": like every layer), protocol default
+        resolved."""
+        if self.first_last_bits is None:
+            return "same" if self.protocol == "gdfq" else 8
+        return self.first_last_bits
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -85,3 +85,12 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         axis = "per tensor" if self.channel_axis is None else f"per channel (axis {self.channel_axis})"
         return f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, {axis}"
+
+
+def activation_quantizers(model: nn.Module) -> list[Quantizer]:
+    """Every per-tensor quantizer of `model` (layer inputs and outputs, attached ones), once each."""
+    return [m for m in model.modules() if isinstance(m, Quantizer) and m.channel_axis is None]
+
+
+def all_quantizers(model: nn.Module) -> list[Quantizer]:
+    return [m for m in model.modules() if isinstance(m, Quantizer)]

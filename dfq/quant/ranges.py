@@ -22,11 +22,13 @@ class InputStats:
     """What the observation pass learns about the input of one layer."""
 
     order: int
+    shape: tuple[int, ...] = ()
     min: float = float("inf")
     max: float = float("-inf")
     samples: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, x: torch.Tensor, gen: torch.Generator) -> None:
+        self.shape = tuple(x.shape[1:])
         x = x.detach().float().flatten()
         self.min = min(self.min, float(x.min()))
         self.max = max(self.max, float(x.max()))
@@ -39,28 +41,36 @@ class InputStats:
 
 
 @torch.no_grad()
-def observe_inputs(model: nn.Module, names: list[str], batches: list[torch.Tensor],
-                   seed: int = 0) -> dict[str, InputStats]:
-    """Run `batches` through `model` and record the inputs of the modules `names` (in call order)."""
-    stats: dict[str, InputStats] = {}
+def observe(model: nn.Module, inputs: list[str], batches: list[torch.Tensor],
+            outputs: list[str] = (), seed: int = 0
+            ) -> tuple[dict[str, InputStats], dict[str, InputStats]]:
+    """Run `batches` through `model`; record the first inputs of modules `inputs` and the outputs
+    of modules `outputs` (each with its call order). A module never called has no entry."""
+    seen_in: dict[str, InputStats] = {}
+    seen_out: dict[str, InputStats] = {}
     gen = torch.Generator().manual_seed(seed)
+    counter = [0]
     handles = []
 
-    def hook(name):
-        def pre(_m, inp):
-            st = stats.setdefault(name, InputStats(order=len(stats)))
-            st.add(inp[0], gen)
-        return pre
+    def record(store: dict[str, InputStats], name: str, x: torch.Tensor) -> None:
+        if name not in store:
+            store[name] = InputStats(order=counter[0])
+            counter[0] += 1
+        store[name].add(x, gen)
 
-    for name in names:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook(name)))
+    for name in inputs:
+        handles.append(model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, inp, name=name: record(seen_in, name, inp[0])))
+    for name in outputs:
+        handles.append(model.get_submodule(name).register_forward_hook(
+            lambda _m, _inp, out, name=name: record(seen_out, name, out)))
     try:
         for x in batches:
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return seen_in, seen_out
 
 
 def _fake(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

@@ -14,13 +14,14 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from dfq.models.blocks import units
+from dfq.modes import trainable
 from dfq.progress import StepBar
 from dfq.quant.layers import QuantLayer, quant_layers
 from dfq.quant.quant_config import QuantConfig
-from dfq.quant.quantizer import Quantizer
+from dfq.quant.quantizer import Quantizer, activation_quantizers
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
-CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
 class AdaRound(nn.Module):
@@ -47,21 +48,6 @@ class AdaRound(nn.Module):
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
 
 
-def units(model: nn.Module, prefix: str = "") -> list[str]:
-    """Reconstruction units in definition order: blocks (non-container modules holding quantized
-    layers, e.g. residual blocks) and quantized layers that sit directly in containers."""
-    out = []
-    for name, child in model.named_children():
-        full = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, QuantLayer):
-            out.append(full)
-        elif isinstance(child, CONTAINERS):
-            out += units(child, full)
-        elif quant_layers(child):
-            out.append(full)
-    return out
-
-
 class _Stop(Exception):
     pass
 
@@ -69,17 +55,22 @@ class _Stop(Exception):
 @torch.no_grad()
 def capture(model: nn.Module, name: str, images: torch.Tensor, batch_size: int,
             output: bool = False) -> torch.Tensor | None:
-    """The input (or output) of submodule `name` for all `images`; None when it is not one tensor."""
+    """The input (before any attached input quantizer) or the output of submodule `name` for all
+    `images`; None when it is not one tensor."""
     store: list[torch.Tensor] = []
 
-    def hook(_m, inp, out):
-        t = out if output else inp[0]
-        if len(inp) != 1 or not isinstance(t, torch.Tensor):
+    def keep(t: object, n_inputs: int) -> None:
+        if n_inputs != 1 or not isinstance(t, torch.Tensor):
             raise _Stop
         store.append(t.detach())
         raise _Stop
 
-    handle = model.get_submodule(name).register_forward_hook(hook)
+    module = model.get_submodule(name)
+    if output:
+        handle = module.register_forward_hook(lambda _m, inp, out: keep(out, len(inp)))
+    else:
+        handle = module.register_forward_pre_hook(lambda _m, inp: keep(inp[0] if inp else None,
+                                                                       len(inp)), prepend=True)
     try:
         for i in range(0, len(images), batch_size):
             try:
@@ -94,7 +85,7 @@ def capture(model: nn.Module, name: str, images: torch.Tensor, batch_size: int,
 @contextmanager
 def qdrop(module: nn.Module, p: float) -> Iterator[None]:
     """Input quantizers of `module` drop quantization with probability `p` (restored on exit)."""
-    qs = [m.input_quantizer for m in quant_layers(module).values() if m.input_quantizer is not None]
+    qs = [q for q in activation_quantizers(module) if q.enabled]
     old = [q.drop_prob for q in qs]
     for q in qs:
         q.drop_prob = p
@@ -103,19 +94,6 @@ def qdrop(module: nn.Module, p: float) -> Iterator[None]:
     finally:
         for q, v in zip(qs, old):
             q.drop_prob = v
-
-
-@contextmanager
-def trainable(params: list[nn.Parameter]) -> Iterator[None]:
-    """Only `params` require gradients inside (the rest of the model frozen); restored on exit."""
-    flags = {p: p.requires_grad for p in params}
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
 
 
 def reconstruct(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor, cfg: QuantConfig,
@@ -147,20 +125,23 @@ def _reconstruct_unit(block: nn.Module, x_q: torch.Tensor, x_fp: torch.Tensor, y
     for layer in layers:
         layer.rounding = AdaRound(layer.weight_quantizer, layer.weight)
         rounds.append(layer.rounding)
-    act = [m.input_quantizer.scale for m in layers if m.input_quantizer is not None]
+    act = [q.scale for q in activation_quantizers(block) if q.enabled]
     alphas = [r.alpha for r in rounds]
     opt = torch.optim.Adam([{"params": alphas, "lr": cfg.recon_lr_round},
                             {"params": act, "lr": cfg.recon_lr_act}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.recon_iters))
     n, iters = len(x_q), cfg.recon_iters
     warm = int(cfg.round_warmup * iters)
-    first = last = float("nan")
+    dev_gen = torch.Generator(device=x_q.device).manual_seed(int(torch.randint(0, 2**31, (1,),
+                                                                           generator=gen)))
+    losses = torch.zeros(iters, device=x_q.device)
     with trainable(alphas + act), qdrop(block, cfg.qdrop_prob):
         for it in range(iters):
-            idx = torch.randint(0, n, (min(cfg.recon_batch_size, n),), generator=gen).to(x_q.device)
+            idx = torch.randint(0, n, (min(cfg.recon_batch_size, n),), generator=gen)
+            idx = idx.to(x_q.device)
             inp = x_q[idx]
             if cfg.qdrop_prob > 0:
-                keep = torch.rand(inp.shape, generator=gen).to(inp.device) < cfg.qdrop_prob
+                keep = torch.rand(inp.shape, generator=dev_gen, device=inp.device) < cfg.qdrop_prob
                 inp = torch.where(keep, inp, x_fp[idx])
             rec = (block(inp) - y_fp[idx]).pow(2).sum(1).mean()  # BRECQ: sum over channels
             loss = rec
@@ -171,12 +152,14 @@ def _reconstruct_unit(block: nn.Module, x_q: torch.Tensor, x_fp: torch.Tensor, y
             loss.backward()
             opt.step()
             sched.step()
-            last = rec.item()
-            first = last if it == 0 else first
-            bar.step(1, f"rec {last:.4f}")
+            losses[it] = rec.detach()
+            if (it + 1) % cfg.log_every == 0 or it == iters - 1:
+                bar.step(cfg.log_every if (it + 1) % cfg.log_every == 0 else (it + 1) % cfg.log_every,
+                         f"rec {float(losses[it]):.4f}")
     for layer, r in zip(layers, rounds):
         r.soft = False
         layer.bake()
+    first, last = losses[[0, iters - 1]].tolist() if iters else (float("nan"), float("nan"))
     return [first, last]
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from dfq.config import config_from_dict, config_to_dict
 from dfq.errors import DfqError
 from dfq.models import DataConfig, load_model
-from dfq.quant.block_input import add_block_input_quantizer, block_input_quantizers
+from dfq.quant.attached import WHERE, attach_quantizer, attached_quantizers
 from dfq.quant.fold import fold_bn
 from dfq.quant.insert import quantizable
 from dfq.quant.layers import QUANT_LAYERS, quant_layers
@@ -34,10 +34,13 @@ def _qspec(q: Quantizer | None) -> dict | None:
 def quantized_payload(model: nn.Module, name: str, data_config: DataConfig,
                       cfg: QuantConfig) -> dict[str, Any]:
     layers = {n: {"weight": _qspec(m.weight_quantizer), "input": _qspec(m.input_quantizer),
-                  "output": _qspec(m.output_quantizer)} for n, m in quant_layers(model).items()}
+                  "output": _qspec(m.output_quantizer),
+                  "same_pad": list(getattr(m, "same_pad", None) or []) or None}
+              for n, m in quant_layers(model).items()}
     return {"format": FORMAT, "model": name, "data_config": data_config.to_dict(),
             "quant": config_to_dict(cfg), "layers": layers,
-            "block_inputs": {n: _qspec(q) for n, q in block_input_quantizers(model).items()},
+            "attached": {where: {n: _qspec(q) for n, q in attached_quantizers(model, where).items()}
+                         for where in WHERE},
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
@@ -61,15 +64,16 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, DataConfig]:
     data_config = DataConfig.from_dict(payload["data_config"])
     model, _ = load_model(payload["model"], pretrained=False, num_classes=data_config.num_classes)
     config_from_dict(QuantConfig, payload["quant"], "quantized.pt")  # validates
-    rebuild(model, payload["layers"], data_config, payload.get("block_inputs", {}))
+    attached = payload.get("attached") or {"input": payload.get("block_inputs", {})}
+    rebuild(model, payload["layers"], data_config, attached)
     model.load_state_dict(payload["state_dict"], strict=True)
     return model.eval(), data_config
 
 
 def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
-            block_inputs: dict[str, dict] | None = None) -> None:
-    """Give a fresh float model the folded, quantized structure recorded in `layers`
-    (and the block-input quantizers the exporter added, see `dfq.quant.block_input`)."""
+            attached: dict[str, dict[str, dict]] | None = None) -> None:
+    """Give a fresh float model the folded, quantized structure recorded in `layers`, and the
+    quantizers attached to module inputs / outputs (see `dfq.quant.attached`)."""
     model.eval()
     fold_bn(model, torch.zeros(1, *data_config.input_size))
 
@@ -79,7 +83,8 @@ def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
         inp = spec["input"]
         q = QUANT_LAYERS[float_type].from_float(m, spec["weight"]["bits"],
                                                  None if inp is None else inp["bits"],
-                                                 input_signed=bool(inp and inp["signed"]))
+                                                 input_signed=bool(inp and inp["signed"]),
+                                                 same_pad=spec.get("same_pad"))
         if spec.get("output"):
             q.output_quantizer = Quantizer(spec["output"]["bits"], spec["output"]["signed"])
         return q
@@ -88,10 +93,11 @@ def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
     missing = sorted(set(layers) - set(done))
     if missing:
         raise DfqError(f"quantized layers {', '.join(missing)} do not exist in this model")
-    for name, spec in (block_inputs or {}).items():
-        try:
-            block = model.get_submodule(name)
-        except AttributeError:
-            raise DfqError(f"block {name!r} with an input quantizer does not exist in this model"
-                           ) from None
-        add_block_input_quantizer(block, Quantizer(spec["bits"], spec["signed"]))
+    for where, specs in (attached or {}).items():
+        for name, spec in specs.items():
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise DfqError(f"module {name!r} with an attached {where} quantizer does not exist "
+                               "in this model") from None
+            attach_quantizer(module, Quantizer(spec["bits"], spec["signed"]), where)

@@ -109,10 +109,16 @@ class PixelSource(ImageSource):
         lo, hi = self.bounds()
         self.pixels.copy_(torch.maximum(torch.minimum(self.pixels, hi), lo))
 
+    @torch.no_grad()
+    def start_from(self, images: torch.Tensor) -> None:
+        """Continue from given images (e.g. upsampled from a low-resolution phase)."""
+        self.pixels.copy_(images)
+        self.after_step()
+
 
 def make_source(cfg: SynthConfig, data_config: DataConfig, batch: int,
                 generator: Generator | None = None) -> ImageSource:
     """A fresh parameterization for one batch (a given `generator` is reused, not re-made)."""
-    if cfg.method == "pixels":
+    if cfg.param == "pixels":
         return PixelSource(cfg, data_config, batch)
     return GeneratorSource(cfg, data_config, batch, generator)

@@ -116,6 +116,7 @@ def test_a_disagreeing_graph_fails_the_check(w8a8, tmp_path):
 
 def test_block_inputs_get_the_conv_grid_and_the_residual_add_fuses(tmp_path):
     from dfq.quant.block_input import block_input_quantizers
+
     from tests.export.conftest import TinyBlockNet, tiny_quantized
 
     model, calib = tiny_quantized(8, net=TinyBlockNet)
@@ -141,6 +142,7 @@ def test_block_inputs_get_the_conv_grid_and_the_residual_add_fuses(tmp_path):
 
 def test_4bit_block_inputs_stay_float(tmp_path):
     from dfq.quant.block_input import block_input_quantizers
+
     from tests.export.conftest import TinyBlockNet, tiny_quantized
 
     model, calib = tiny_quantized(4, net=TinyBlockNet)
@@ -149,8 +151,9 @@ def test_4bit_block_inputs_stay_float(tmp_path):
 
 
 def test_block_input_quantizers_survive_save_and_reload(tmp_path):
-    from dfq.models import load_model
     from dfq.quant.block_input import block_input_quantizers
+
+    from dfq.models import load_model
     from dfq.quant.insert import prepare
     from dfq.quant.quant_config import QuantConfig
     from dfq.quant.saved import load_quantized, save_quantized

@@ -4,7 +4,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 from dfq.synth import SynthConfig, synthesize
-from dfq.synth.bn import BNStatHooks, bn_stat_loss, require_bn
+from dfq.synth.bn_stats import BNStatHooks, bn_stat_loss, require_bn
 from tests.synth.tiny import tiny_config, tiny_model
 
 
