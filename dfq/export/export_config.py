@@ -22,8 +22,11 @@ class ExportConfig:
             onnxruntime's CPU provider has no int4 convolution, the int8-container graph is fast.
         check: run onnx.checker and compare onnxruntime with PyTorch after writing.
         check_images: how many calibration images the comparison uses.
-        tolerance: allowed deviation, in output quantization steps (see `dfq.export.check`).
-        min_agreement: share of images whose onnxruntime and PyTorch argmax must agree.
+        tolerance: allowed deviation of an image's logits, in output quantization steps (see
+            `dfq.export.check`).
+        min_agreement: share of the checked images whose onnxruntime and PyTorch argmax must agree.
+        min_within: share of the checked images that must deviate by at most `tolerance` steps.
+            Both shares are near 1: the check decides by the worst images, not the median one.
     """
 
     opset: int = MIN_OPSET
@@ -31,7 +34,8 @@ class ExportConfig:
     check: bool = True
     check_images: int = 64
     tolerance: float = 1.0
-    min_agreement: float = 0.95
+    min_agreement: float = 0.995
+    min_within: float = 0.995
 
     def __post_init__(self) -> None:
         self.opset = int(self.opset)
@@ -44,5 +48,7 @@ class ExportConfig:
             raise DfqError(f"check_images must be at least 1, got {self.check_images}")
         if self.tolerance <= 0:
             raise DfqError(f"tolerance must be positive, got {self.tolerance}")
-        if not 0 <= self.min_agreement <= 1:
-            raise DfqError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
+        for name in ("min_agreement", "min_within"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise DfqError(f"{name} must be in [0, 1], got {value}")

@@ -34,7 +34,7 @@ def test_onnxruntime_matches_pytorch_within_one_output_step(which, request, tmp_
 
 @pytest.mark.parametrize("which", ["w8a8", "w4a4"])
 def test_every_quantized_conv_runs_as_qlinearconv(which, request, tmp_path):
-    model, _, path, summary = _export(request.getfixturevalue(which), tmp_path)
+    model, _, path, _ = _export(request.getfixturevalue(which), tmp_path)
     n_convs = sum(isinstance(m, QuantConv2d) for m in model.modules())
     assert n_convs == 4
     assert integer_conv_count(optimized_op_counts(path)) == n_convs
@@ -89,7 +89,7 @@ def test_float_export_is_exact_and_has_metadata(tmp_path):
 
 
 def test_native_int4_option_writes_int4_tensors(w4a4, tmp_path):
-    model, calib, path, _ = _export(w4a4, tmp_path, opset=21, int4=True)
+    _, _, path, _ = _export(w4a4, tmp_path, opset=21, int4=True)
     proto = onnx.load(str(path))
     types = {t.data_type for t in proto.graph.initializer}
     assert onnx.TensorProto.INT4 in types
@@ -107,8 +107,10 @@ def test_a_disagreeing_graph_fails_the_check(w8a8, tmp_path):
     with torch.no_grad():
         model.head.bias.add_(shift)  # PyTorch no longer computes what was exported
     try:
-        with pytest.raises(DfqFailure, match="onnxruntime disagrees with PyTorch"):
+        with pytest.raises(DfqFailure, match="onnxruntime disagrees with PyTorch") as err:
             check_against_torch(model, path, calib, ExportConfig())
+        # the head's output has no quantizer: every quantizer output still agrees
+        assert "the divergence comes after the last quantizer" in str(err.value)
     finally:
         with torch.no_grad():
             model.head.bias.sub_(shift)

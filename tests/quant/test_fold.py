@@ -49,3 +49,84 @@ def test_bn_not_after_conv_is_reported():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)).eval()
     result = fold_bn(model, torch.randn(2, 3, 8, 8))
     assert result.folded == [] and result.unfolded == ["2"]
+
+
+def _check_unfolded(model, x, bn_names):
+    """fold_bn leaves every BN in `bn_names` in place and the model's output unchanged."""
+    model.eval()
+    _randomize_bn(model)
+    with torch.no_grad():
+        ref = model(x)
+    result = fold_bn(model, x)
+    assert result.folded == [] and result.unfolded == bn_names
+    assert all(isinstance(model.get_submodule(n), nn.BatchNorm2d) for n in bn_names)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+
+
+def test_bn_after_two_activations_is_not_folded():
+    # The ReLUs' outputs are freed at once: without keeping the conv output alive, the BN's input
+    # may reuse its id() and the BN was folded into the conv (max error 1.6 on this model).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ReLU(), nn.BatchNorm2d(4))
+    _check_unfolded(model, torch.randn(2, 3, 8, 8), ["3"])
+
+
+def test_bn_after_inplace_activation_is_not_folded():
+    # ReLU(inplace=True) returns the conv's own tensor object, modified
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.BatchNorm2d(4))
+    _check_unfolded(model, torch.randn(2, 3, 8, 8), ["2"])
+
+
+class _InplaceAdd(nn.Module):
+    """Conv, a functional in-place change no module hook sees, then BN: only the version moved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y.clamp_(min=0)
+        return self.bn(y)
+
+
+def test_bn_after_functional_inplace_change_is_not_folded():
+    torch.manual_seed(0)
+    _check_unfolded(_InplaceAdd(), torch.randn(2, 3, 8, 8), ["bn"])
+
+
+class _SharedBN(nn.Module):
+    """One BN module normalizes the outputs of two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.a(x)) + self.bn(self.b(x))
+
+
+def test_bn_shared_by_two_paths_is_not_folded():
+    torch.manual_seed(0)
+    _check_unfolded(_SharedBN(), torch.randn(2, 3, 8, 8), ["bn"])
+
+
+class _ConvReadTwice(nn.Module):
+    """The conv's output feeds the BN and a second conv: folding would change the second path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.side = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + self.side(y)
+
+
+def test_conv_read_by_another_module_is_not_folded():
+    torch.manual_seed(0)
+    _check_unfolded(_ConvReadTwice(), torch.randn(2, 3, 8, 8), ["bn"])
