@@ -26,6 +26,7 @@ from dfq.quant.quantizer import MIN_SCALE, Quantizer, all_quantizers
 from dfq.quant.ranges import InputStats, init_act_scale, observe
 
 OUTPUT_BITS = 8
+INT32_MAX = 2**31 - 1
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -81,19 +82,49 @@ def _needs_output_q(out: str, consumers: dict, found: dict) -> bool | None:
     return True
 
 
+def layer_input_quantizers(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Quantizer]:
+    """Layer -> the quantizer whose output is its input in the traced graph (through a constant
+    Pad, as a TF-"same" conv applies after quantizing): exactly the layers whose bias the exporter
+    stores as int32 on the grid `s_in * s_w` (see `dfq.export.qdq`)."""
+    proto, found = trace_graph(model, input_size, 13)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        w = producers.get(node.input[1])
+        x = input_marker(node.input[0], producers)
+        if w is not None and x is not None and _is_marker(w):
+            out[_tag(w).rsplit(".", 1)[0]] = found[_tag(x)]
+    return out
+
+
+def input_marker(tensor: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The quantizer marker producing `tensor`, looking through Pad nodes (zero padding keeps a
+    tensor on its grid)."""
+    node = producers.get(tensor)
+    while node is not None and node.op_type == "Pad":
+        node = producers.get(node.input[0])
+    return node if node is not None and _is_marker(node) else None
+
+
 @torch.no_grad()
-def snap_biases(model: nn.Module) -> list[str]:
+def snap_biases(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
     """Round each quantized layer's bias to its int32 grid `s_in * s_w`, as QLinearConv stores it.
 
     At 4 bits that grid is coarse enough that a float bias would move a few percent of the next
-    layer's codes by one step; snapped, PyTorch computes what the integer kernel computes.
+    layer's codes by one step; snapped, PyTorch computes what the integer kernel computes. `s_in`
+    is the scale of whatever quantizer feeds the layer in the graph: its own, or its block's.
     """
     done = []
-    for name, layer in quant_layers(model).items():
-        if layer.bias is None or layer.input_quantizer is None or not layer.input_quantizer.enabled:
+    layers = quant_layers(model)
+    for name, q_in in layer_input_quantizers(model, input_size).items():
+        layer = layers.get(name)
+        if layer is None or layer.bias is None or not q_in.enabled:
             continue
-        s_b = bias_scale(layer.input_quantizer.scale, layer.weight_quantizer.scale, MIN_SCALE)
-        layer.bias.copy_(torch.round(layer.bias / s_b) * s_b)
+        s_b = bias_scale(q_in.scale, layer.weight_quantizer.scale, MIN_SCALE)
+        codes = torch.round(layer.bias / s_b).clamp(-INT32_MAX, INT32_MAX)
+        layer.bias.copy_(codes * s_b)
         done.append(name)
     return done
 
@@ -149,7 +180,7 @@ def prepare_for_export(model: nn.Module, calib: torch.Tensor,
               if name not in attached_quantizers(model, "output")}
     if need or blocks:
         _attach_output_quantizers(model, need, blocks, calib, batch_size)
-    snap_biases(model)
+    snap_biases(model, input_size)
     return list(need) + list(blocks)
 
 

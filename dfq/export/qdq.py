@@ -153,6 +153,8 @@ def _quantize_biases(graph: _Graph) -> None:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
             continue
         dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
+        while dq_x is not None and dq_x.op_type == "Pad":  # zero padding stays on the grid
+            dq_x = producers.get(dq_x.input[0])
         bias = node.input[2]
         if not (dq_x and dq_w and dq_x.op_type == dq_w.op_type == "DequantizeLinear"
                 and bias in graph.inits):
@@ -162,10 +164,10 @@ def _quantize_biases(graph: _Graph) -> None:
         if s_x.size != 1:
             continue
         b = numpy_helper.to_array(graph.inits[bias]).astype(np.float32)
-        # float32 as `prepare.snap_biases` computes it, so a snapped bias maps to exact codes
+        # float32 as `fusion.snap_biases` computes it, so a snapped bias maps to exact codes
         s_b = np.broadcast_to(np.float32(s_x.reshape(())) * s_w.reshape(-1).astype(np.float32),
                               b.shape).astype(np.float32)
-        codes = np.clip(np.round(b / s_b), -2**31, 2**31 - 1).astype(np.int32)
+        codes = np.clip(np.round(b / s_b), -(2**31 - 1), 2**31 - 1).astype(np.int32)
         names = [graph.const(f"{bias}.codes", codes), graph.const(f"{bias}.scale", s_b),
                  graph.const(f"{bias}.zero_point", np.zeros(b.shape, np.int32))]
         out = f"{bias}.dq"

@@ -14,7 +14,7 @@ from torch import nn
 
 from dfq.modes import trainable
 from dfq.progress import StepBar
-from dfq.quant.data_source import DataSource
+from dfq.quant.data_source import DataSource, FixedImages
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
 from dfq.quant.quantizer import activation_quantizers
@@ -35,10 +35,13 @@ def kd_parameters(model: nn.Module, what: str) -> list[nn.Parameter]:
     return params
 
 
-def distill(student: nn.Module, teacher: nn.Module, source: DataSource, cfg: QuantConfig,
-            progress: bool = True, seed: int = 0) -> dict:
-    """`cfg.kd_iters` steps of KD (+ relation loss); returns first/last losses and the history."""
+def distill(student: nn.Module, teacher: nn.Module, source: DataSource | torch.Tensor,
+            cfg: QuantConfig, progress: bool = True, seed: int = 0) -> dict:
+    """`cfg.kd_iters` steps of KD (+ relation loss) on a data source or fixed images; returns
+    first/last losses and the history."""
     gen = torch.Generator().manual_seed(seed)
+    if isinstance(source, torch.Tensor):
+        source = FixedImages(source, teacher, cfg.kd_augment, cfg.class_images, cfg.kd_batch_size)
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
     params = kd_parameters(student, cfg.kd_params)

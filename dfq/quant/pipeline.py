@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfq.quant.data_source import DataSource, FixedImages
+from dfq.quant.data_source import DataSource
 from dfq.quant.distill import distill, mean_kd_loss
 from dfq.quant.insert import prepare
 from dfq.quant.layers import quant_layers
@@ -81,9 +81,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | DataSour
                         kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6))
     if cfg.kd_iters > 0:
         with _stage(report, "distill") as info:
-            source = calib if not isinstance(calib, torch.Tensor) else FixedImages(
-                images, teacher, cfg.kd_augment, cfg.class_images, cfg.kd_batch_size)
-            info.update(distill(model, teacher, source, cfg, progress, seed))
+            info.update(distill(model, teacher, calib, cfg, progress, seed))
     with _stage(report, "bake") as info:
         bake(model)
         info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)

@@ -40,17 +40,21 @@ def round_seed(seed: int, r: int) -> int:
 
 
 def synthesize(model: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-               student: Student | None = None, progress: bool = True, device: str = "auto",
+               student: Student | nn.Module | None = None, progress: bool = True,
+               device: str = "auto",
                model_name: str = "", store: RoundStore | None = None) -> CalibrationSet:
     """A calibration set of `cfg.num_images` images synthesized from `model` alone.
 
     Args:
         student: when given (the quantized model inside `dfq quantize`), methods that use one
-            push images towards where it disagrees with `model` and may train it between rounds.
+            push images towards where it disagrees with `model` and may train it between rounds
+            (a bare module is a student that is never trained).
         device: 'auto', 'cpu' or 'cuda'; the models are moved there for the run and moved back.
         store: finished rounds are saved there and, when present, read back instead of rerun.
     """
     method = get_synthesizer(cfg.method)
+    if isinstance(student, nn.Module):
+        student = Student(student)
     if method.needs_bn:
         require_bn(model, model_name or "the model")
     dev = torch.device(resolve_device(device))

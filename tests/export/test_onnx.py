@@ -9,6 +9,7 @@ from dfq.errors import DfqFailure
 from dfq.export import ExportConfig, export_onnx, export_quantized, prepare_for_export
 from dfq.export.check import output_step
 from dfq.export.runtime import integer_conv_count, onnx_predictor, open_session, optimized_op_counts
+from dfq.quant.attached import attached_quantizers
 from dfq.quant.layers import QuantConv2d, quant_layers
 from tests.export.conftest import DATA
 
@@ -116,60 +117,49 @@ def test_a_disagreeing_graph_fails_the_check(w8a8, tmp_path):
             model.head.bias.sub_(shift)
 
 
-def test_block_inputs_get_the_conv_grid_and_the_residual_add_fuses(tmp_path):
-    from dfq.quant.block_input import block_input_quantizers
-
+@pytest.mark.parametrize("bits", [8, 4])
+def test_residual_stream_is_quantized_once_and_every_add_fuses(bits, tmp_path):
     from tests.export.conftest import TinyBlockNet, tiny_quantized
 
-    model, calib = tiny_quantized(8, net=TinyBlockNet)
-    with torch.no_grad():
-        before = model(calib)
-    summary = export_quantized(model, tmp_path, DATA, calib, ExportConfig())
-    blocks = block_input_quantizers(model)
-    assert set(blocks) == {"block1", "block2"} and set(summary["quantizers_added"]) >= set(blocks)
-    # a copy of the grid the block's first conv already puts on the same input
+    model, calib = tiny_quantized(bits, net=TinyBlockNet)
+    blocks = attached_quantizers(model, "input")
+    assert set(blocks) == {"block1", "block2"}
     for name, q in blocks.items():
-        conv_q = model.get_submodule(f"{name}.conv1.0").input_quantizer
-        assert q.bits == 8 and not q.signed and torch.equal(q.scale, conv_q.scale)
-    counts = optimized_op_counts(tmp_path / "model.onnx")
-    # block1's Add feeds (through ReLU) block2's input quantizer: integer Add. block2's feeds the
-    # mean pooling, so it stays float.
-    assert counts["QLinearAdd"] == 1 and counts["Add"] == 1
-    assert summary["check"]["argmax_agreement"] == 1.0
+        assert q.bits == bits and not q.signed  # the activation bits, on a post-ReLU tensor
+        assert model.get_submodule(f"{name}.conv1.0").input_quantizer is None  # reads q's output
+    # the shortcut reads the quantized tensor too: y = relu(q(x) + body(q(x)))
+    block = model.block1
+    x = torch.relu(torch.randn(4, 8, 16, 16))
     with torch.no_grad():
-        after = model(calib)
-    # only the shortcut operand moved onto an 8-bit grid: outputs barely change
-    assert (after - before).abs().max() < 0.05 * before.abs().max()
+        xq = blocks["block1"](x)
+        assert torch.equal(block(x), torch.relu(xq + block.conv2(block.conv1(xq))))
+    summary = export_quantized(model, tmp_path, DATA, calib, ExportConfig())
+    # block2 feeds the mean pooling, not a quantizer: it gets an 8-bit output quantizer
+    assert "block2" in summary["quantizers_added"]
+    assert set(attached_quantizers(model, "output")) == {"block2"}
+    counts = optimized_op_counts(tmp_path / "model.onnx")
+    assert counts["QLinearAdd"] == 2 and counts["Add"] == 0 and counts["Relu"] == 0
+    assert integer_conv_count(counts) == 5
+    assert summary["check"]["argmax_agreement"] == 1.0
 
 
-def test_4bit_block_inputs_stay_float(tmp_path):
-    from dfq.quant.block_input import block_input_quantizers
-
-    from tests.export.conftest import TinyBlockNet, tiny_quantized
-
-    model, calib = tiny_quantized(4, net=TinyBlockNet)
-    export_quantized(model, tmp_path, DATA, calib, ExportConfig())
-    assert block_input_quantizers(model) == {}
-
-
-def test_block_input_quantizers_survive_save_and_reload(tmp_path):
-    from dfq.quant.block_input import block_input_quantizers
-
+def test_attached_quantizers_survive_save_and_reload(tmp_path):
     from dfq.models import load_model
     from dfq.quant.insert import prepare
     from dfq.quant.quant_config import QuantConfig
     from dfq.quant.saved import load_quantized, save_quantized
 
     model, dcfg = load_model("cifar10_resnet20", pretrained=False)
-    cfg = QuantConfig(wbits=8, abits=8)
+    cfg = QuantConfig(wbits=4, abits=4)
     calib = torch.randn(16, 3, 32, 32)
     prepare(model, cfg, [calib])
     prepare_for_export(model, calib)
-    blocks = block_input_quantizers(model)
-    assert "layer1.0" in blocks and "layer2.0" not in blocks  # option-A shortcut: a Pad, not x
+    blocks = attached_quantizers(model, "input")
+    assert {"layer1.0", "layer2.0", "layer3.2"} <= set(blocks)  # the option-A shortcut too
+    assert set(attached_quantizers(model, "output")) == {"layer3.2"}  # before the pooling
     save_quantized(model, tmp_path / "quantized.pt", "cifar10_resnet20", dcfg, cfg)
     back, _ = load_quantized(tmp_path)
-    assert set(block_input_quantizers(back)) == set(blocks)
+    assert set(attached_quantizers(back, "input")) == set(blocks)
     assert prepare_for_export(back, calib) == []  # idempotent
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():

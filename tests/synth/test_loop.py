@@ -6,22 +6,23 @@ from torch import nn
 
 from dfq.errors import DfqError, DfqFailure
 from dfq.synth import SynthConfig, synthesize
-from dfq.synth.loop import adversarial_loss, balanced_targets
+from dfq.synth.inversion import adversarial_loss
+from dfq.synth.targets import class_targets
 from tests.synth.tiny import tiny_config, tiny_model
 
 FAST = {"num_images": 12, "batch_size": 8, "iters": 3}
 
 
-@pytest.mark.parametrize("method", ["generator", "pixels"])
-def test_images_are_valid_normalized_pixels_with_balanced_labels(method):
+@pytest.mark.parametrize("param", ["generator", "pixels"])
+def test_images_are_valid_normalized_pixels_with_balanced_labels(param):
     data = tiny_config()
-    calib = synthesize(tiny_model(), SynthConfig(method=method, **FAST), data, progress=False)
+    calib = synthesize(tiny_model(), SynthConfig(param=param, **FAST), data, progress=False)
     lo, hi = data.input_bounds()
     assert calib.images.shape == (12, 3, 8, 8) and calib.images.dtype == torch.float32
     assert torch.all(calib.images >= lo - 1e-5) and torch.all(calib.images <= hi + 1e-5)
     assert torch.bincount(calib.labels, minlength=4).tolist() == [3, 3, 3, 3]
     assert calib.metadata["data_config"]["input_size"] == [3, 8, 8]
-    assert calib.metadata["synth"]["method"] == method
+    assert calib.metadata["synth"]["param"] == param
 
 
 def test_same_seed_same_images_other_seed_different():
@@ -82,9 +83,15 @@ def test_adversarial_term_only_counts_agreeing_samples():
     assert math.isfinite(adv[1]) and adv[1] < -1e-3
 
 
-def test_balanced_targets_cover_many_classes():
-    t = balanced_targets(512, 1000)
-    assert len(set(t.tolist())) == 512
+def test_targets_are_k_classes_by_m_images_cycling_over_all_classes():
+    t = class_targets(1024, 32, 1000, per_class=4, seed=0)
+    for batch in t.split(32):
+        counts = torch.bincount(batch, minlength=1000)
+        assert counts.max() >= 4 and set(counts[counts > 0].tolist()) <= {4, 8}
+    assert len(set(t.tolist())) >= 250  # 256 class slots drawn from a running permutation
+    few = class_targets(24, 12, 4, seed=0)  # every class fits every batch: balanced cycling
+    for batch in few.split(12):
+        assert torch.bincount(batch, minlength=4).tolist() == [3, 3, 3, 3]
 
 
 def test_host_sync_interval_does_not_change_the_result():
@@ -102,7 +109,7 @@ def test_bf16_autocast_path_matches_float32():
 
     def bn_after(iters, amp):
         cfg = SynthConfig(amp=amp, num_images=8, batch_size=8, iters=iters, relation=False,
-                          method="pixels", keep_best=False)
+                          param="pixels", keep_best=False)
         calib = synthesize(model, cfg, data, progress=False)
         assert calib.images.dtype == torch.float32
         return calib.metadata["final_losses"]["bn"]
