@@ -16,7 +16,7 @@ from torch import nn
 
 from dfq.errors import DfqFailure
 from dfq.export.export_config import ExportConfig
-from dfq.export.runtime import onnx_predictor, open_session
+from dfq.export.runtime import onnx_predictor, open_session, session_options
 
 
 def output_step(logits: torch.Tensor) -> float:
@@ -39,14 +39,19 @@ def compare(reference: torch.Tensor, got: torch.Tensor, step: float) -> dict:
 
 
 def check_against_torch(model: nn.Module, path: str | Path, images: torch.Tensor,
-                        cfg: ExportConfig) -> dict:
-    """Run both on `images`; raise DfqFailure when they disagree beyond `cfg.tolerance` steps."""
+                        cfg: ExportConfig, threads: int | None = None) -> dict:
+    """Run both on `images`; raise DfqFailure when they disagree beyond `cfg.tolerance` steps.
+
+    onnxruntime gets `threads` intra-op threads, by default as many as PyTorch uses (what
+    `--threads` sets), so the check takes no more of a shared machine than the run it checks.
+    """
     was_training = model.training
     model.eval()
     with torch.no_grad():
         reference = model(images.float()).float()
     model.train(was_training)
-    got = onnx_predictor(open_session(path))(images)
+    threads = threads or torch.get_num_threads()
+    got = onnx_predictor(open_session(path, options=session_options(threads)))(images)
     stats = compare(reference, got, output_step(reference))
     typical = stats["median_max_dev_steps"]
     agreement = stats["argmax_agreement"]
