@@ -1,5 +1,8 @@
-"""Which torch device a run uses: library code resolves it here, the CLI only reports errors."""
+"""Which torch device a run uses, and how many CPU threads: the CLI only reports errors."""
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -13,3 +16,21 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise DfqError("no CUDA device is available; use --device cpu")
     return name
+
+
+@contextmanager
+def limit_threads(threads: int | None) -> Iterator[None]:
+    """Run with `threads` PyTorch intra-op threads (None: leave as is), restored afterwards.
+
+    Two processes that each take every core make each other several times slower; a run on a
+    shared machine should take its share.
+    """
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

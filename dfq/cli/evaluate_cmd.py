@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from dfq.cli.group import main
-from dfq.cli.options import device, model_options, open_model, resolve_device
+from dfq.cli.options import (
+    debug,
+    device,
+    model_options,
+    open_model,
+    resolve_device,
+    threads,
+    threads_option,
+)
 from dfq.data import load_images
 from dfq.evaluate import evaluate
 from dfq.export.ort_eval import evaluate_onnx
@@ -20,7 +28,8 @@ from dfq.quant.saved import load_quantized
               help="Real labelled images: an .npz with x (uint8 NCHW/NHWC or float in [0, 1]) and y, "
                    "or an ImageFolder directory (one sub-folder per class).")
 @model_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per forward pass; lower it if memory runs out.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @device
 @click.option("--providers", default=None,
@@ -30,6 +39,8 @@ from dfq.quant.saved import load_quantized
               help="For an .onnx TARGET: also measure batch-1 p50/p90 latency and batch-32 "
                    "throughput.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@threads_option
+@debug
 def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, providers, latency,
                  as_json) -> None:
     """Top-1 / top-5 accuracy of TARGET on real images.
@@ -61,7 +72,7 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, p
 def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json) -> None:
     names = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     result = evaluate_onnx(target, data, names, batch_size, limit, latency,
-                           show_progress=not as_json)
+                           show_progress=not as_json, threads=threads())
     result.update(target=target, data=str(data))
     if as_json:
         click.echo(json.dumps(result))

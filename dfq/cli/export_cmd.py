@@ -8,7 +8,7 @@ import click
 import torch
 
 from dfq.cli.group import main
-from dfq.cli.options import model_options, open_model
+from dfq.cli.options import debug, model_options, open_model, threads, threads_option
 from dfq.data import load_images
 from dfq.export import ExportConfig, export_onnx, prepare_for_export
 from dfq.quant.saved import load_quantized
@@ -21,7 +21,8 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="The .onnx file to write.")
 @model_options
-@click.option("--opset", type=click.IntRange(13, 21), default=13, show_default=True)
+@click.option("--opset", type=click.IntRange(13, 21), default=13, show_default=True,
+              help="ONNX opset of the file, 13..21 (13: per-channel QDQ, runs on most runtimes).")
 @click.option("--int4", is_flag=True,
               help="Native INT4 / UINT4 tensors (needs --opset 21; onnxruntime's CPU provider runs "
                    "them unfused, so slower than the default).")
@@ -30,6 +31,8 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
                    "else standard-normal images).")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch comparison.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@threads_option
+@debug
 def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, as_json) -> None:
     """Write TARGET as ONNX: a `dfq quantize` output directory as QDQ, or a model name as float."""
     cfg = ExportConfig(opset=opset, int4=int4, check=not no_check)
@@ -46,7 +49,7 @@ def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, a
     if quantized:
         prepare_for_export(model, images if images is not None
                            else torch.randn(64, *data_config.input_size))
-    summary = export_onnx(model, out, cfg, data_config, images)
+    summary = export_onnx(model, out, cfg, data_config, images, threads=threads())
     if as_json:
         click.echo(json.dumps(summary))
         return

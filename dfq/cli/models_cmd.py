@@ -4,11 +4,13 @@ from __future__ import annotations
 import click
 
 from dfq.cli.group import main
+from dfq.cli.options import debug
 from dfq.models import list_models
 
 
 @main.command("models")
 @click.argument("pattern", required=False)
+@debug
 def models_cmd(pattern: str | None) -> None:
     """List loadable model names by source, optionally filtered by PATTERN (e.g. 'resnet*').
 

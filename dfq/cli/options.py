@@ -1,17 +1,23 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, each defined once so its type and help match everywhere."""
 from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 import click
+import yaml
 
+from dfq.cli.group import enable_debug
+from dfq.device import limit_threads
 from dfq.device import resolve_device as resolve
 from dfq.errors import DfqError
 from dfq.models import load_model
 from dfq.models.data_config import INTERPOLATIONS
 
 _META_KEY = "dfq.model_extras"
+_THREADS_KEY = "dfq.threads"
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _floats(ctx, param, value):
@@ -118,3 +124,85 @@ def resolve_device(name: str) -> str:
         return resolve(name)
     except DfqError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
+
+
+# ------------------------------------------------------------------------ recipe and run options
+recipe = click.option(
+    "--recipe", default=None,
+    help="Recipe: a shipped name (cifar, imagenet), or a YAML file whose values are layered over "
+         "the shipped recipe for MODEL (chosen by input size).",
+)
+num_images = click.option(
+    "-n", "--num-images", type=click.IntRange(min=1), default=None,
+    help="Number of calibration images [recipe].",
+)
+seed = click.option(
+    "--seed", type=click.IntRange(min=0), default=None,
+    help="Random seed; the same seed on the same device gives the same result [recipe: 0].",
+)
+overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+
+
+def _sets(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
+          ) -> dict[str, dict[str, Any]]:
+    """`synth.iters=40` items as {section: {key: value}}, each value read as YAML."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not (eq and dot and section and name and raw.strip()):
+            raise click.BadParameter(
+                f"expected SECTION.KEY=VALUE such as synth.iters=40, got '{item}'")
+        try:
+            out.setdefault(section, {})[name] = _yaml_value(raw)
+        except yaml.YAMLError:
+            raise click.BadParameter(f"the value in '{item}' is not valid YAML") from None
+    return out
+
+
+def _yaml_value(raw: str) -> Any:
+    """YAML, except that '2e-5' is a number (YAML 1.1 wants '2.0e-5' and reads a string)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+set_values = click.option(
+    "--set", "sets", multiple=True, callback=_sets, metavar="SECTION.KEY=VALUE",
+    help="Change one recipe value, e.g. --set synth.iters=40 --set quant.kd_iters=0 (VALUE is "
+         "YAML: numbers, true/false, [lists]). Repeatable; wins over --recipe, loses to the "
+         "command's own options.",
+)
+
+
+def threads_option(f):
+    """--threads N: PyTorch and onnxruntime intra-op threads for the whole command.
+
+    The command runs inside `limit_threads`; onnxruntime users read the number with `threads()`.
+    """
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        n = kwargs.pop("threads")
+        click.get_current_context().meta[_THREADS_KEY] = n
+        with limit_threads(n):
+            return f(*args, **kwargs)
+
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=None,
+        help="CPU threads for PyTorch and onnxruntime (default: one per core). On a shared "
+             "machine give each process its share: processes that all take every core slow "
+             "each other down several times.",
+    )(wrapper)
+
+
+def threads() -> int | None:
+    """The running command's --threads, or None (each library's default)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_THREADS_KEY) if ctx else None
+
+
+debug = click.option(
+    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
+    help="Show full Python tracebacks for errors (also accepted before the command).",
+)

@@ -6,7 +6,19 @@ from pathlib import Path
 import click
 
 from dfq.cli.group import main
-from dfq.cli.options import device, model_options, open_model, resolve_device
+from dfq.cli.options import (
+    debug,
+    device,
+    model_options,
+    num_images,
+    open_model,
+    overwrite,
+    recipe,
+    resolve_device,
+    seed,
+    set_values,
+    threads_option,
+)
 from dfq.run.quantize_run import run_quantize
 from dfq.run.recipe import quant_config, synth_config
 
@@ -38,18 +50,19 @@ def _first_last(ctx, param, value):
 @click.option("--calib", type=click.Path(), default=None,
               help="Existing calibration set (.npz from `dfq synthesize`, real images as .npz or an "
                    "ImageFolder); skips synthesis.")
-@click.option("-n", "--num-images", type=click.IntRange(min=1), default=None,
-              help="Calibration images to synthesize (or to take from --calib) [recipe].")
-@click.option("--recipe", default=None, help="Recipe name (cifar, imagenet) or YAML file; default by "
-                                             "input size.")
+@num_images
+@recipe
+@set_values
 @click.option("--out", type=click.Path(), default=None, help="Output directory [MODEL-wWaA].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed
 @device
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@overwrite
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Also write model.onnx (QDQ, integer kernels), checked against PyTorch.")
+@threads_option
+@debug
 def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, first_last_bits, calib,
-                 num_images, recipe, out, seed, device, overwrite, export) -> None:
+                 num_images, recipe, sets, out, seed, device, overwrite, export) -> None:
     """Quantize MODEL without its training data and fine-tune it by distillation."""
     if bits is not None and (wbits is not None or abits is not None):
         raise click.UsageError("give either --bits or --wbits with --abits, not both")
@@ -62,12 +75,12 @@ def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, first_last
     dev = resolve_device(device)
     model, data_config = open_model(model_name, weights, pretrained)
     cfg = quant_config(recipe, data_config, {"wbits": wbits, "abits": abits,
-                                             "first_last_bits": first_last_bits})
-    scfg = synth_config(recipe, data_config, {"num_images": num_images, "seed": seed})
+                                             "first_last_bits": first_last_bits}, sets)
+    scfg = synth_config(recipe, data_config, {"num_images": num_images, "seed": seed}, sets)
     fl = "" if cfg.first_last_bits != "same" else "-same"
     out = Path(out or f"{model_name.replace(':', '_')}-w{cfg.wbits}a{cfg.abits}{fl}")
     report = run_quantize(model, model_name, data_config, cfg, out, calib=calib, synth_cfg=scfg,
-                          seed=seed, device=dev, overwrite=overwrite, export=export)
+                          seed=scfg.seed, device=dev, overwrite=overwrite, export=export)
     times = " ".join(f"{k} {v['seconds']:.0f}s" for k, v in report["stages"].items())
     click.echo(f"{out}: W{cfg.wbits}A{cfg.abits} {model_name}, {report['num_calibration_images']} "
                f"calibration images; {times}; total {report['total_seconds']:.0f} s")

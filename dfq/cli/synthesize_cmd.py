@@ -5,10 +5,24 @@ from pathlib import Path
 
 import click
 
+from dfq.calibration import FORMATS
 from dfq.cli.group import main
-from dfq.cli.options import device, model_options, open_model, resolve_device
+from dfq.cli.options import (
+    debug,
+    device,
+    model_options,
+    num_images,
+    open_model,
+    overwrite,
+    recipe,
+    resolve_device,
+    seed,
+    set_values,
+    threads_option,
+)
 from dfq.run.recipe import synth_config
 from dfq.run.synthesize_run import default_output, run_synthesize
+from dfq.synth.synth_config import METHODS
 
 FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibration.json), onnx-pb."
 
@@ -16,28 +30,33 @@ FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibratio
 @main.command("synthesize")
 @click.argument("model_name", metavar="MODEL")
 @model_options
-@click.option("-n", "--num-images", type=int, default=None, help="Images to synthesize [recipe].")
-@click.option("--batch-size", type=int, default=None, help="Images optimized together [recipe].")
+@num_images
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images optimized together [recipe].")
 @click.option("--iters", type=int, default=None, help="Optimizer steps per batch [recipe].")
-@click.option("--method", default=None, help="generator (default) or pixels [recipe].")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Image parameterization: a generator network or free pixels "
+                   "[recipe: generator].")
 @click.option("--relation/--no-relation", default=None, help="RGAL relation loss [recipe: on].")
-@click.option("--recipe", default=None,
-              help="Recipe name (cifar, imagenet) or YAML file; default by input size.")
+@recipe
+@set_values
 @click.option("--out", type=click.Path(), default=None,
               help="Output path [MODEL-calib.npz, or MODEL-calib/ for directory formats].")
-@click.option("--format", "fmt", default="npz", show_default=True, help=FORMAT_HELP)
-@click.option("--seed", type=int, default=None,
-              help="Random seed: same seed, same device, same images [recipe].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="npz", show_default=True,
+              help=FORMAT_HELP)
+@seed
 @device
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@overwrite
+@threads_option
+@debug
 def synthesize_cmd(model_name, weights, pretrained, num_images, batch_size, iters, method, relation,
-                   recipe, out, fmt, seed, device, overwrite) -> None:
+                   recipe, sets, out, fmt, seed, device, overwrite) -> None:
     """Synthesize calibration images for MODEL from its BatchNorm statistics (no data needed)."""
     dev = resolve_device(device)
     model, data_config = open_model(model_name, weights, pretrained)
-    cfg = synth_config(recipe, data_config, dict(
-        num_images=num_images, batch_size=batch_size, iters=iters, method=method,
-        relation=relation, seed=seed))
+    cfg = synth_config(recipe, data_config, {
+        "num_images": num_images, "batch_size": batch_size, "iters": iters, "method": method,
+        "relation": relation, "seed": seed}, sets)
     out = Path(out) if out else default_output(model_name, fmt)
     calib = run_synthesize(model, model_name, data_config, cfg, out, fmt, dev, overwrite)
     losses = " ".join(f"{k} {v:.4f}" for k, v in calib.metadata["final_losses"].items() if v)

@@ -26,6 +26,7 @@ def export_onnx(
     cfg: ExportConfig | None = None,
     data_config: DataConfig | None = None,
     calib: torch.Tensor | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Write `model` to `path` as ONNX (QDQ where it holds enabled quantizers), then check it.
 
@@ -36,6 +37,7 @@ def export_onnx(
         data_config: the model's preprocessing, stored in the file; ImageNet 224 if omitted.
         calib: normalized images (N, C, H, W) the check feeds to onnxruntime and PyTorch;
             without them the check uses standard-normal images.
+        threads: onnxruntime threads for the check (default: as many as PyTorch uses).
 
     Returns a summary: path, size in bytes, number of quantizers, and the check's figures.
     """
@@ -57,5 +59,6 @@ def export_onnx(
     if cfg.check:
         images = calib if calib is not None else torch.randn(cfg.check_images,
                                                                *data_config.input_size)
-        summary["check"] = check_against_torch(model, path, images[:cfg.check_images], cfg)
+        summary["check"] = check_against_torch(model, path, images[:cfg.check_images], cfg,
+                                               threads)
     return summary

@@ -41,13 +41,12 @@ def resolve_name(name: str) -> tuple[str, str]:
     if ":" in name:
         src, arch = name.split(":", 1)
         if arch not in source_names(src):
-            raise DfqError(_unknown(name, arch, source_names(src), prefix=f"{src}:"))
+            raise DfqError(_unknown(name, arch, (src,), prefix=f"{src}:"))
         return src, arch
     for src in SEARCH_ORDER:
         if name in source_names(src):
             return src, name
-    every = [n for src in SEARCH_ORDER for n in source_names(src)]
-    raise DfqError(_unknown(name, name, every))
+    raise DfqError(_unknown(name, name, SEARCH_ORDER))
 
 
 def load_model(
@@ -123,7 +122,32 @@ def _checkpoint_classes(model: nn.Module, state: dict | None) -> int | None:
     return int(w.shape[0])
 
 
-def _unknown(name: str, arch: str, candidates: tuple[str, ...] | list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(arch, candidates, n=1, cutoff=0.6)
-    hint = f"did you mean {prefix}{close[0]}?" if close else "run `dfq models` to list the names"
+def _unknown(name: str, arch: str, sources: tuple[str, ...], prefix: str = "") -> str:
+    close = suggest(arch, sources)
+    hint = f"did you mean {prefix}{close}?" if close else "run `dfq models` to list the names"
     return f"unknown model '{name}'; {hint}"
+
+
+def suggest(arch: str, sources: tuple[str, ...] = SEARCH_ORDER, cutoff: float = 0.6) -> str | None:
+    """The loadable name closest to a mistyped `arch`, searching `sources` in order.
+
+    dfq's zoo names are also compared without their dataset prefix ('resnt20' is closest to the
+    'resnet20' of 'cifar10_resnet20'), and on equal similarity the earlier source wins, so a
+    newcomer is pointed at dfq's own models before timm's thousand others ('resnet200').
+    """
+    best, best_score = None, cutoff
+    for src in sources:
+        for full in source_names(src):
+            keys = (full, full.split("_", 1)[1]) if src == "dfq" and "_" in full else (full,)
+            score = max(_similarity(arch, k, best_score) for k in keys)
+            if score > best_score or (best is None and score >= best_score):
+                best, best_score = full, score
+    return best
+
+
+def _similarity(a: str, b: str, floor: float) -> float:
+    """difflib's ratio, skipping the full computation when the quick upper bounds fall short."""
+    m = difflib.SequenceMatcher(None, a, b)
+    if m.real_quick_ratio() < floor or m.quick_ratio() < floor:
+        return 0.0
+    return m.ratio()

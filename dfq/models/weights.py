@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,9 +34,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 "the file. Save a state dict instead (torch.save(model.state_dict(), path)), or, if "
                 "you trust the file, give it as the MODEL with --trust-checkpoint"
             ) from None
-        raise DfqError(f"{p} is not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise _not_a_checkpoint(p, e) from None
     except Exception as e:  # torch raises RuntimeError/EOFError/ValueError for foreign files
-        raise DfqError(f"{p} is not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise _not_a_checkpoint(p, e) from None
     return _strip_prefixes(_find_state_dict(obj, p))
 
 
@@ -84,6 +85,54 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _not_a_checkpoint(path: Path, error: BaseException) -> DfqError:
+    """Say what the file is instead, from its first bytes: torch's own message names a byte."""
+    found = what_file_is(path)
+    if found:
+        return DfqError(f"{path} is not a PyTorch checkpoint: {found}")
+    return DfqError(f"{path} is not a PyTorch checkpoint ({_first_line(error)})")
+
+
+_MAGIC = {
+    b"\x93NUMPY": "it is a NumPy .npy array",
+    b"\x89HDF": "it is an HDF5 file (Keras?); convert the weights to a PyTorch state dict",
+    b"\x1f\x8b": "it is gzip-compressed; decompress it first",
+}
+_ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # ModelProto fields after ir_version
+
+
+def what_file_is(path: Path) -> str | None:
+    """A short description of a file that torch.load refused, or None when nothing is recognized."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if path.suffix == ".onnx" or (head[0] == 0x08 and 1 <= head[1] <= 15 and len(head) > 2
+                                  and head[2] in _ONNX_FIELDS):
+        return f"it looks like an ONNX model; evaluate it with `dfq evaluate {path} --data ...`"
+    if head.startswith(b"PK\x03\x04"):
+        return None if _is_torch_zip(path) else ("it is a zip archive but not one torch.save "
+                                                 "writes (no data.pkl inside)")
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return what
+    text = head.decode("utf-8", errors="ignore")
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        start = text.strip().splitlines()[0] if text.strip() else ""
+        shown = start[:20] + ("..." if len(start) > 20 else "")
+        return f"it looks like a text file (starts with '{shown}')"
+    return None
+
+
+def _is_torch_zip(path: Path) -> bool:
+    """A torch.save archive (perhaps damaged, then torch's own message says more)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except zipfile.BadZipFile:
+        return True
 
 
 def _first_line(e: BaseException) -> str:

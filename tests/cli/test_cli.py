@@ -1,10 +1,18 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from dfq.cli import main
+from dfq.errors import DfqError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args):
@@ -119,3 +127,73 @@ def test_pickled_model_file_explains_the_risk(tmp_path):
     assert res.exit_code == 2 and "--trust-checkpoint" in res.stderr and "runs code" in res.stderr
     res = run("evaluate", tmp_path / "m.pt", "--data", data, "--input-size", "32", "--trust-checkpoint")
     assert res.exit_code == 0, res.output
+
+
+def test_suggestion_prefers_the_dfq_zoo():
+    res = run("quantize", "resnt20", "--bits", "8")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: unknown model 'resnt20'; did you mean cifar10_resnet20?"
+
+
+def test_text_file_as_weights_says_what_it_is(tmp_path):
+    text = tmp_path / "x.pth"
+    text.write_text("hello world, these are not weights\n")
+    res = run("evaluate", "cifar10_resnet20", "--weights", text, "--data", "x.npz")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (f"error: {text} is not a PyTorch checkpoint: it looks like a "
+                                  "text file (starts with 'hello world, these a...')")
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "resnt18", "--data", "x.npz"],
+    ["quantize", "resnt18", "--bits", "8"],
+    ["synthesize", "resnt18"],
+    ["export", "resnt18", "--out", "x.onnx"],
+])
+def test_debug_after_the_command_shows_the_exception(command):
+    res = run(*command, "--debug")
+    assert res.exit_code != 0 and isinstance(res.exception, DfqError)
+    assert "resnt18" in str(res.exception)
+    plain = run(*command)
+    assert plain.exit_code == 2 and len(plain.stderr.strip().splitlines()) == 1
+    assert isinstance(plain.exception, SystemExit)
+
+
+def test_debug_traceback_in_a_real_process():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "dfq", "evaluate", "resnt18", "--data", "x.npz"]
+    with_debug = subprocess.run([*args, "--debug"], env=env, capture_output=True, text=True,
+                                check=False)
+    assert with_debug.returncode == 1 and "Traceback" in with_debug.stderr
+    assert "DfqError: unknown model 'resnt18'" in with_debug.stderr
+
+
+def _commands():
+    return [(name, cmd) for name, cmd in main.commands.items()]
+
+
+@pytest.mark.parametrize("name, command", _commands())
+def test_help_lists_every_choice(name, command):
+    res = run(name, "--help")
+    assert res.exit_code == 0
+    help_text = " ".join(res.output.split())
+    for param in command.params:
+        if isinstance(param.type, click.Choice):
+            assert "|".join(param.type.choices) in help_text, (name, param.name)
+        if isinstance(param, click.Option) and not param.hidden:
+            assert param.help, (name, param.name)
+
+
+SHARED = ("weights", "pretrained", "num_classes", "input_size", "mean", "std", "interpolation",
+          "crop_pct", "num_images", "recipe", "sets", "seed", "device", "overwrite", "threads",
+          "debug")
+
+
+def test_shared_options_have_one_type_and_help():
+    seen: dict = {}
+    for name, command in main.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name in SHARED:
+                this = (param.opts, param.type.to_info_dict(), param.help, param.default)
+                assert seen.setdefault(param.name, this) == this, (name, param.name)
+    assert {"num_images", "seed", "recipe", "sets", "threads", "debug"} <= seen.keys()

@@ -31,11 +31,7 @@ def test_synthesize_writes_set_and_report(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-n", "0"], "num_images must be an integer >= 1, got 0 (--num-images)"),
-    (["--batch-size", "-3"], "batch_size must be an integer >= 1, got -3 (--batch-size)"),
     (["--iters", "-1"], "iters must be an integer >= 1"),
-    (["--format", "tiff"], "unknown format 'tiff'"),
-    (["--method", "gan"], "unknown method 'gan'"),
     (["--recipe", "cifra"], "did you mean 'cifar'?"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
@@ -44,6 +40,18 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert res.exit_code == 2
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr
     assert "Traceback" not in res.output and not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "0"], "Invalid value for '-n' / '--num-images': 0 is not in the range x>=1"),
+    (["--batch-size", "-3"], "Invalid value for '--batch-size': -3 is not in the range x>=1"),
+    (["--format", "tiff"], "'tiff' is not one of 'npz', 'png', 'onnx-pb'"),
+    (["--method", "gan"], "'gan' is not one of 'generator', 'pixels'"),
+])
+def test_bad_option_values_are_usage_errors(tmp_path, args, message):
+    res = run("synthesize", "cifar10_resnet20", "--no-pretrained", "--out", tmp_path / "c.npz",
+              *args)
+    assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output
 
 
 def test_model_without_batchnorm_explains_and_suggests_real_images(tmp_path):

@@ -51,6 +51,17 @@ def test_unknown_name_suggests():
         load_model("tf:resnet18")
 
 
+@pytest.mark.parametrize("typed, suggested", [
+    ("resnt20", "cifar10_resnet20"),  # not timm's resnet200: the zoo name without 'cifar10_'
+    ("resnet56", "cifar10_resnet56"),
+    ("timm:resnt20", "timm:resnet200"),  # an explicit source is the only one searched
+    ("torchvision:resnt18", "torchvision:resnet18"),
+])
+def test_suggestions_prefer_the_zoo_and_respect_the_source(typed, suggested):
+    with pytest.raises(DfqError, match=rf"did you mean {suggested}\?"):
+        load_model(typed)
+
+
 def test_weights_and_pretrained_conflict():
     with pytest.raises(DfqError, match="not both"):
         load_model("resnet18", weights="x.pth", pretrained=True)

@@ -1,3 +1,6 @@
+import zipfile
+
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +49,31 @@ def test_not_a_checkpoint(tmp_path):
     path.write_bytes(b"this is not a checkpoint at all" * 10)
     with pytest.raises(DfqError, match="is not a PyTorch checkpoint"):
         load_model("cifar10_resnet20", weights=path)
+
+
+def _zip(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "hi")
+
+
+def _onnx(path):
+    torch.onnx.export(torch.nn.Linear(4, 2), torch.randn(1, 4), str(path), dynamo=False)
+
+
+@pytest.mark.parametrize("name, write, found", [
+    ("empty.pth", lambda p: p.write_bytes(b""), "the file is empty"),
+    ("notes.pth", lambda p: p.write_text("hello world"), "text file (starts with 'hello world')"),
+    ("a.zip", _zip, "a zip archive but not one torch.save writes"),
+    ("model.bin", _onnx, "ONNX model; evaluate it with `dfq evaluate"),
+    ("arr.pth", lambda p: np.save(p.open("wb"), np.zeros(3)), "NumPy .npy array"),
+])
+def test_not_a_checkpoint_says_what_it_is(tmp_path, name, write, found):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(DfqError) as err:
+        load_model("cifar10_resnet20", weights=path)
+    assert str(err.value).startswith(f"{path} is not a PyTorch checkpoint: ")
+    assert found in str(err.value)
 
 
 def test_mismatched_keys_name_first_missing_and_unexpected(tmp_path):
