@@ -14,6 +14,9 @@ from dfq.device import resolve_device as resolve
 from dfq.errors import DfqError
 from dfq.models import load_model
 from dfq.models.data_config import INTERPOLATIONS
+from dfq.synth import SYNTHESIZERS
+from dfq.synth.registry import get_synthesizer
+from dfq.synth.synth_config import PARAMS
 
 _META_KEY = "dfq.model_extras"
 _THREADS_KEY = "dfq.threads"
@@ -141,6 +144,14 @@ seed = click.option(
     help="Random seed; the same seed on the same device gives the same result [recipe: 0].",
 )
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+method = click.option(
+    "--method", default=None, callback=lambda ctx, param, v: None if v is None else
+    get_synthesizer(v).name,
+    help=f"Synthesis method: {', '.join(SYNTHESIZERS)} [recipe: rgal].")
+param = click.option(
+    "--param", type=click.Choice(PARAMS), default=None,
+    help="Image parameterization of bn / rgal: a generator network or free pixels "
+         "[recipe: generator].")
 
 
 def _sets(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]

@@ -9,10 +9,12 @@ from dfq.cli.group import main
 from dfq.cli.options import (
     debug,
     device,
+    method,
     model_options,
     num_images,
     open_model,
     overwrite,
+    param,
     recipe,
     resolve_device,
     seed,
@@ -20,6 +22,7 @@ from dfq.cli.options import (
     threads_option,
 )
 from dfq.run.quantize_run import run_quantize
+from dfq.quant.quant_config import PROTOCOLS
 from dfq.run.recipe import quant_config, synth_config
 
 BITS = click.IntRange(2, 8)
@@ -44,9 +47,15 @@ def _first_last(ctx, param, value):
               help="Weights and activations: W4A4 or W8A8.")
 @click.option("--wbits", type=BITS, default=None, help="Weight bits (with --abits), 2..8.")
 @click.option("--abits", type=BITS, default=None, help="Activation bits (with --wbits), 2..8.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
+              help="Where tensors are quantized: deploy (what an integer runtime runs; default), "
+                   "gdfq (the GDFQ / IntraQ / SynQ tables), genie (the Genie / BRECQ / QDrop "
+                   "tables) [recipe: deploy].")
 @click.option("--first-last-bits", callback=_first_last, default=None,
-              help="Bits of the first conv and last linear: 8 (default) or 'same' (all layers "
-                   "alike; the image input stays 8 bit, as in the published all-layers tables).")
+              help="Bits of the first conv and last linear: 8 or 'same' (all layers alike) "
+                   "[protocol: 8 for deploy and genie, same for gdfq].")
+@method
+@param
 @click.option("--calib", type=click.Path(), default=None,
               help="Existing calibration set (.npz from `dfq synthesize`, real images as .npz or an "
                    "ImageFolder); skips synthesis.")
@@ -61,8 +70,9 @@ def _first_last(ctx, param, value):
               help="Also write model.onnx (QDQ, integer kernels), checked against PyTorch.")
 @threads_option
 @debug
-def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, first_last_bits, calib,
-                 num_images, recipe, sets, out, seed, device, overwrite, export) -> None:
+def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, protocol, first_last_bits,
+                 method, param, calib, num_images, recipe, sets, out, seed, device, overwrite,
+                 export) -> None:
     """Quantize MODEL without its training data and fine-tune it by distillation."""
     if bits is not None and (wbits is not None or abits is not None):
         raise click.UsageError("give either --bits or --wbits with --abits, not both")
@@ -75,9 +85,12 @@ def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, first_last
     dev = resolve_device(device)
     model, data_config = open_model(model_name, weights, pretrained)
     cfg = quant_config(recipe, data_config, {"wbits": wbits, "abits": abits,
+                                             "protocol": protocol,
                                              "first_last_bits": first_last_bits}, sets)
-    scfg = synth_config(recipe, data_config, {"num_images": num_images, "seed": seed}, sets)
-    fl = "" if cfg.first_last_bits != "same" else "-same"
+    scfg = synth_config(recipe, data_config, {"num_images": num_images, "seed": seed,
+                                              "method": method, "param": param}, sets)
+    fl = "" if cfg.edge_bits != "same" or cfg.protocol == "gdfq" else "-same"
+    fl += "" if cfg.protocol == "deploy" else f"-{cfg.protocol}"
     out = Path(out or f"{model_name.replace(':', '_')}-w{cfg.wbits}a{cfg.abits}{fl}")
     report = run_quantize(model, model_name, data_config, cfg, out, calib=calib, synth_cfg=scfg,
                           seed=scfg.seed, device=dev, overwrite=overwrite, export=export)

@@ -10,10 +10,12 @@ from dfq.cli.group import main
 from dfq.cli.options import (
     debug,
     device,
+    method,
     model_options,
     num_images,
     open_model,
     overwrite,
+    param,
     recipe,
     resolve_device,
     seed,
@@ -22,7 +24,6 @@ from dfq.cli.options import (
 )
 from dfq.run.recipe import synth_config
 from dfq.run.synthesize_run import default_output, run_synthesize
-from dfq.synth.synth_config import METHODS
 
 FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibration.json), onnx-pb."
 
@@ -34,9 +35,8 @@ FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibratio
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images optimized together [recipe].")
 @click.option("--iters", type=int, default=None, help="Optimizer steps per batch [recipe].")
-@click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Image parameterization: a generator network or free pixels "
-                   "[recipe: generator].")
+@method
+@param
 @click.option("--relation/--no-relation", default=None, help="RGAL relation loss [recipe: on].")
 @recipe
 @set_values
@@ -49,14 +49,14 @@ FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibratio
 @overwrite
 @threads_option
 @debug
-def synthesize_cmd(model_name, weights, pretrained, num_images, batch_size, iters, method, relation,
-                   recipe, sets, out, fmt, seed, device, overwrite) -> None:
+def synthesize_cmd(model_name, weights, pretrained, num_images, batch_size, iters, method, param,
+                   relation, recipe, sets, out, fmt, seed, device, overwrite) -> None:
     """Synthesize calibration images for MODEL from its BatchNorm statistics (no data needed)."""
     dev = resolve_device(device)
     model, data_config = open_model(model_name, weights, pretrained)
     cfg = synth_config(recipe, data_config, {
         "num_images": num_images, "batch_size": batch_size, "iters": iters, "method": method,
-        "relation": relation, "seed": seed}, sets)
+        "param": param, "relation": relation, "seed": seed}, sets)
     out = Path(out) if out else default_output(model_name, fmt)
     calib = run_synthesize(model, model_name, data_config, cfg, out, fmt, dev, overwrite)
     losses = " ".join(f"{k} {v:.4f}" for k, v in calib.metadata["final_losses"].items() if v)

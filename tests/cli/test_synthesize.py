@@ -33,6 +33,7 @@ def test_synthesize_writes_set_and_report(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--iters", "-1"], "iters must be an integer >= 1"),
     (["--recipe", "cifra"], "did you mean 'cifar'?"),
+    (["--method", "rgl"], "unknown synthesis method 'rgl'; did you mean 'rgal'?"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "c.npz"
@@ -46,7 +47,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     (["-n", "0"], "Invalid value for '-n' / '--num-images': 0 is not in the range x>=1"),
     (["--batch-size", "-3"], "Invalid value for '--batch-size': -3 is not in the range x>=1"),
     (["--format", "tiff"], "'tiff' is not one of 'npz', 'png', 'onnx-pb'"),
-    (["--method", "gan"], "'gan' is not one of 'generator', 'pixels'"),
+    (["--param", "gan"], "'gan' is not one of 'generator', 'pixels'"),
 ])
 def test_bad_option_values_are_usage_errors(tmp_path, args, message):
     res = run("synthesize", "cifar10_resnet20", "--no-pretrained", "--out", tmp_path / "c.npz",

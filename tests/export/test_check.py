@@ -72,7 +72,7 @@ def test_one_image_in_64_off_fails(w8a8, tmp_path):
         step = output_step(model(calib))
     cfg = ExportConfig()
     assert check_against_torch(_OneImageOff(model, 0.0, step), path, calib, cfg)["images"] == 64
-    with pytest.raises(DfqFailure, match=r"98\.4% within 1 output steps .* after the last quantizer"):
+    with pytest.raises(DfqFailure, match=r"98\.4% within [\d.]+ output steps .* after the last quantizer"):
         check_against_torch(_OneImageOff(model, 3.0, step), path, calib, cfg)
     # within tolerance, and the threshold is a setting
     check_against_torch(_OneImageOff(model, 3.0, step), path, calib, ExportConfig(tolerance=4.0))
