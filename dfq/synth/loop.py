@@ -16,6 +16,7 @@ from torch import nn
 from dfq.calibration.dataset import CalibrationSet
 from dfq.config import config_to_dict
 from dfq.device import resolve_device
+from dfq.errors import DfqError
 from dfq.models.data_config import DataConfig
 from dfq.modes import frozen
 from dfq.progress import StepBar
@@ -55,6 +56,9 @@ def synthesize(model: nn.Module, cfg: SynthConfig, data_config: DataConfig,
     method = get_synthesizer(cfg.method)
     if isinstance(student, nn.Module):
         student = Student(student)
+    if method.needs_student and student is None:
+        raise DfqError(f"synthesis method '{cfg.method}' plays against a student model; give one "
+                       "(dfq quantize and dfq synthesize make a quantized student)")
     if method.needs_bn:
         require_bn(model, model_name or "the model")
     dev = torch.device(resolve_device(device))
@@ -104,4 +108,6 @@ def _assemble(rounds: list[Round], cfg: SynthConfig, data_config: DataConfig, mo
             "history": [h for r in rounds for h in r.history], "student_updates": student_log,
             "seconds": round(seconds, 3), "device": str(dev), "torch": torch.__version__,
             "student": has_student}
+    if source is not None:
+        source.images = images  # the fixed part: range initialization and reconstruction
     return CalibrationSet(images, labels, meta, source=source)

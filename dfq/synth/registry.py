@@ -39,6 +39,7 @@ class Synthesizer:
 
     name: ClassVar[str] = ""
     needs_bn: ClassVar[bool] = True  # matches BatchNorm statistics, so refuses models without BN
+    needs_student: ClassVar[bool] = False  # plays a game against the student (DFAD)
 
     def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
                  student: Student | None, device: torch.device) -> None:
@@ -75,7 +76,10 @@ class Synthesizer:
             self.student.load_state_dict(state["student"])
 
     def data_source(self) -> object | None:
-        """A source of fresh fine-tuning images (DFAD's generator), or None for a fixed set."""
+        """A source of fresh fine-tuning images (DFAD's generator), or None for a fixed set.
+
+        It needs `batch(n, student, teacher, step, gen) -> (images, teacher_logits)`; the driver
+        sets its `images` to the finished set (`dfq.quant.data_source.DataSource`)."""
         return None
 
 
