@@ -42,6 +42,11 @@ def atomic_path(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
+def remove_path(p: Path) -> None:
+    """Remove a file or a directory tree, if there is one."""
+    _remove(Path(p))
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)

@@ -14,6 +14,7 @@ from dfq.device import resolve_device as resolve
 from dfq.errors import DfqError
 from dfq.models import load_model
 from dfq.models.data_config import INTERPOLATIONS
+from dfq.progress import set_quiet
 from dfq.synth import SYNTHESIZERS
 from dfq.synth.registry import get_synthesizer
 from dfq.synth.synth_config import PARAMS
@@ -144,6 +145,14 @@ seed = click.option(
     help="Random seed; the same seed on the same device gives the same result [recipe: 0].",
 )
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+resume = click.option(
+    "--resume", is_flag=True,
+    help="Continue an interrupted run with the same --out, model, recipe and seed from the work "
+         "it kept (.OUT.partial beside the output); refused if any of them differ.")
+quiet = click.option(
+    "--quiet", is_flag=True, expose_value=False, is_eager=True,
+    callback=lambda ctx, param, v: set_quiet(True) if v else None,
+    help="No progress bars or progress lines on stderr.")
 method = click.option(
     "--method", default=None, callback=lambda ctx, param, v: None if v is None else
     get_synthesizer(v).name,

@@ -15,15 +15,17 @@ from dfq.cli.options import (
     open_model,
     overwrite,
     param,
+    quiet,
     recipe,
     resolve_device,
+    resume,
     seed,
     set_values,
     threads_option,
 )
-from dfq.run.quantize_run import run_quantize
 from dfq.quant.quant_config import PROTOCOLS
-from dfq.run.recipe import quant_config, synth_config
+from dfq.run.quantize_run import run_quantize
+from dfq.run.recipe import quant_config, recipe_choice, synth_config
 
 BITS = click.IntRange(2, 8)
 
@@ -68,11 +70,17 @@ def _first_last(ctx, param, value):
 @overwrite
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Also write model.onnx (QDQ, integer kernels), checked against PyTorch.")
+@click.option("--eval-data", type=click.Path(), default=None,
+              help="Your real labelled images (.npz or ImageFolder): at the end, FP, the quantized "
+                   "model and model.onnx are measured on them and the kept accuracy is written to "
+                   "report.json / report.md. Evaluation only: never used for calibration.")
+@resume
+@quiet
 @threads_option
 @debug
 def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, protocol, first_last_bits,
                  method, param, calib, num_images, recipe, sets, out, seed, device, overwrite,
-                 export) -> None:
+                 export, eval_data, resume) -> None:
     """Quantize MODEL without its training data and fine-tune it by distillation."""
     if bits is not None and (wbits is not None or abits is not None):
         raise click.UsageError("give either --bits or --wbits with --abits, not both")
@@ -86,16 +94,24 @@ def quantize_cmd(model_name, weights, pretrained, bits, wbits, abits, protocol, 
     model, data_config = open_model(model_name, weights, pretrained)
     cfg = quant_config(recipe, data_config, {"wbits": wbits, "abits": abits,
                                              "protocol": protocol,
-                                             "first_last_bits": first_last_bits}, sets)
+                                             "first_last_bits": first_last_bits}, sets, dev)
     scfg = synth_config(recipe, data_config, {"num_images": num_images, "seed": seed,
-                                              "method": method, "param": param}, sets)
+                                              "method": method, "param": param}, sets, dev)
+    choice = ({"recipe": str(recipe), "reason": "--recipe"} if recipe
+              else recipe_choice(data_config, dev))
     fl = "" if cfg.edge_bits != "same" or cfg.protocol == "gdfq" else "-same"
     fl += "" if cfg.protocol == "deploy" else f"-{cfg.protocol}"
     out = Path(out or f"{model_name.replace(':', '_')}-w{cfg.wbits}a{cfg.abits}{fl}")
     report = run_quantize(model, model_name, data_config, cfg, out, calib=calib, synth_cfg=scfg,
-                          seed=scfg.seed, device=dev, overwrite=overwrite, export=export)
+                          seed=scfg.seed, device=dev, overwrite=overwrite, export=export,
+                          eval_data=eval_data, resume=resume, recipe_choice=choice)
     times = " ".join(f"{k} {v['seconds']:.0f}s" for k, v in report["stages"].items())
     click.echo(f"{out}: W{cfg.wbits}A{cfg.abits} {model_name}, {report['num_calibration_images']} "
                f"calibration images; {times}; total {report['total_seconds']:.0f} s")
     if report["unquantized_layers"]:
         click.echo("left in float: " + "; ".join(report["unquantized_layers"]))
+    acc = report.get("accuracy")
+    if acc:
+        kept = " ".join(f"{k} {acc[k]['top1']:.2f}" for k in ("fp", "quantized", "onnx") if k in acc)
+        click.echo(f"top-1 on {acc['n']} images of {acc['data']}: {kept} "
+                   f"(drop {acc['quantized_drop']['top1']:.2f} points)")

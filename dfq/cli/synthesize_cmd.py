@@ -16,8 +16,10 @@ from dfq.cli.options import (
     open_model,
     overwrite,
     param,
+    quiet,
     recipe,
     resolve_device,
+    resume,
     seed,
     set_values,
     threads_option,
@@ -47,17 +49,20 @@ FORMAT_HELP = "npz (float32 NCHW, normalized), png (ImageFolder + dfq_calibratio
 @seed
 @device
 @overwrite
+@resume
+@quiet
 @threads_option
 @debug
 def synthesize_cmd(model_name, weights, pretrained, num_images, batch_size, iters, method, param,
-                   relation, recipe, sets, out, fmt, seed, device, overwrite) -> None:
+                   relation, recipe, sets, out, fmt, seed, device, overwrite, resume) -> None:
     """Synthesize calibration images for MODEL from its BatchNorm statistics (no data needed)."""
     dev = resolve_device(device)
     model, data_config = open_model(model_name, weights, pretrained)
     cfg = synth_config(recipe, data_config, {
         "num_images": num_images, "batch_size": batch_size, "iters": iters, "method": method,
-        "param": param, "relation": relation, "seed": seed}, sets)
+        "param": param, "relation": relation, "seed": seed}, sets, dev)
     out = Path(out) if out else default_output(model_name, fmt)
-    calib = run_synthesize(model, model_name, data_config, cfg, out, fmt, dev, overwrite)
+    calib = run_synthesize(model, model_name, data_config, cfg, out, fmt, dev, overwrite,
+                           resume=resume)
     losses = " ".join(f"{k} {v:.4f}" for k, v in calib.metadata["final_losses"].items() if v)
     click.echo(f"{out}: {len(calib)} images ({fmt}) in {calib.metadata['seconds']:.1f} s; {losses}")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dfq.models.blocks import units
-from dfq.quant.attached import attach_quantizer
+from dfq.quant.attached import attach_quantizer, attached_quantizers
 from dfq.quant.fold import fold_bn
 from dfq.quant.layers import QUANT_LAYERS, quant_layers
 from dfq.quant.quant_config import QuantConfig
@@ -206,3 +206,21 @@ def _attach(model: nn.Module, name: str, where: str, bits: int, stats: InputStat
 
 def _float_type(m: nn.Module) -> type[nn.Module]:
     return next(t for t in QUANT_LAYERS if isinstance(m, t))
+
+
+@torch.no_grad()
+def reinit_activation_ranges(model: nn.Module, cfg: QuantConfig,
+                             batches: list[torch.Tensor]) -> None:
+    """Initialize every activation step size of a quantized model again, on other images (e.g. a
+    student first set up on noise, once synthetic images exist), as each tensor arrives there."""
+    layers = {n: m.input_quantizer for n, m in quant_layers(model).items()
+              if m.input_quantizer is not None}
+    blocks = attached_quantizers(model, "input")
+    acts = attached_quantizers(model, "output")
+    stats, out_stats = observe(model, list(layers) + list(blocks), batches, list(acts))
+    for name, q in [*layers.items(), *blocks.items()]:
+        if name in stats:
+            _init(q, stats[name], cfg)
+    for name, q in acts.items():
+        if name in out_stats:
+            _init(q, out_stats[name], cfg)

@@ -58,12 +58,12 @@ def observe(model: nn.Module, inputs: list[str], batches: list[torch.Tensor],
             counter[0] += 1
         store[name].add(x, gen)
 
-    for name in inputs:
+    for name in inputs:  # prepended: before any quantizer attached to the module's input
         handles.append(model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, inp, name=name: record(seen_in, name, inp[0])))
-    for name in outputs:
+            lambda _m, inp, name=name: record(seen_in, name, inp[0]), prepend=True))
+    for name in outputs:  # prepended: before any quantizer attached to the module's output
         handles.append(model.get_submodule(name).register_forward_hook(
-            lambda _m, _inp, out, name=name: record(seen_out, name, out)))
+            lambda _m, _inp, out, name=name: record(seen_out, name, out), prepend=True))
     try:
         for x in batches:
             model(x)

@@ -64,10 +64,16 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, DataConfig]:
     data_config = DataConfig.from_dict(payload["data_config"])
     model, _ = load_model(payload["model"], pretrained=False, num_classes=data_config.num_classes)
     config_from_dict(QuantConfig, payload["quant"], "quantized.pt")  # validates
+    apply_payload(model, payload)
+    return model.eval(), data_config
+
+
+def apply_payload(model: nn.Module, payload: dict[str, Any]) -> None:
+    """Turn a float model of the right architecture into the saved quantized one, in place."""
+    data_config = DataConfig.from_dict(payload["data_config"])
     attached = payload.get("attached") or {"input": payload.get("block_inputs", {})}
     rebuild(model, payload["layers"], data_config, attached)
     model.load_state_dict(payload["state_dict"], strict=True)
-    return model.eval(), data_config
 
 
 def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,

@@ -20,9 +20,25 @@ SECTIONS: dict[str, type] = {"synth": SynthConfig, "quant": QuantConfig}
 Sets = dict[str, dict[str, Any]]
 
 
-def default_recipe(data_config: DataConfig) -> str:
-    """The shipped recipe for a model family, chosen by input size (small inputs: CIFAR)."""
-    return "cifar" if max(data_config.input_size[1:]) <= 64 else "imagenet"
+SMALL_INPUT = 64  # at most this: the CIFAR recipe
+CPU_INPUT = 128  # at least this, on a CPU: the CPU budget for ImageNet-size models
+
+
+def recipe_choice(data_config: DataConfig, device: str = "cuda") -> dict[str, str]:
+    """The shipped recipe for a model and a device, with the reason (recorded in report.json)."""
+    side = max(data_config.input_size[1:])
+    if side <= SMALL_INPUT:
+        return {"recipe": "cifar", "reason": f"input {side} px <= {SMALL_INPUT}: small-image recipe"}
+    if device == "cpu" and side >= CPU_INPUT:
+        return {"recipe": "imagenet-cpu",
+                "reason": f"input {side} px >= {CPU_INPUT} on a CPU: the CPU budget (low-resolution "
+                          "synthesis, cached teacher outputs); --recipe imagenet for the GPU one"}
+    return {"recipe": "imagenet", "reason": f"input {side} px on {device}: the GPU recipe"}
+
+
+def default_recipe(data_config: DataConfig, device: str = "cuda") -> str:
+    """The shipped recipe for a model family, by input size and device."""
+    return recipe_choice(data_config, device)["recipe"]
 
 
 def check_sets(sets: Sets | None) -> None:
@@ -35,16 +51,18 @@ def check_sets(sets: Sets | None) -> None:
 
 
 def synth_config(recipe: str | Path | None, data_config: DataConfig,
-                 overrides: dict[str, Any] | None = None, sets: Sets | None = None) -> SynthConfig:
+                 overrides: dict[str, Any] | None = None, sets: Sets | None = None,
+                 device: str = "cuda") -> SynthConfig:
     """The layered recipe's `synth:` section with every non-None override applied, validated."""
     check_sets(sets)
-    return recipe_section(SynthConfig, "synth", recipe, overrides, default_recipe(data_config),
-                          sets)
+    return recipe_section(SynthConfig, "synth", recipe, overrides,
+                          default_recipe(data_config, device), sets)
 
 
 def quant_config(recipe: str | Path | None, data_config: DataConfig,
-                 overrides: dict[str, Any] | None = None, sets: Sets | None = None) -> QuantConfig:
+                 overrides: dict[str, Any] | None = None, sets: Sets | None = None,
+                 device: str = "cuda") -> QuantConfig:
     """The layered recipe's `quant:` section with every non-None override applied, validated."""
     check_sets(sets)
-    return recipe_section(QuantConfig, "quant", recipe, overrides, default_recipe(data_config),
-                          sets)
+    return recipe_section(QuantConfig, "quant", recipe, overrides,
+                          default_recipe(data_config, device), sets)
