@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dfq.data import ImageSet
-from dfq.evaluate import evaluate
+from dfq.evaluate import default_batch_size, evaluate
 from dfq.models.data_config import DataConfig
 
 CFG = DataConfig((3, 4, 4), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", 1.0, 6)
@@ -39,3 +39,11 @@ def test_evaluate_accepts_a_predictor_function():
         return torch.nn.functional.one_hot(torch.full((len(x),), 2), 6).float()
 
     assert evaluate(always_two, data, CFG, show_progress=False)["top1"] == 75.0
+
+
+def test_default_batch_size_keeps_cpu_batches_near_2_21_pixels():
+    def size(h, device="cpu"):
+        return default_batch_size(DataConfig((3, h, h), num_classes=10), device)
+
+    assert [size(32), size(64), size(224), size(299), size(512), size(2048)] == [256, 256, 32, 16, 8, 1]
+    assert size(224, "cuda") == 256

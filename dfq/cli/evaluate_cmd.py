@@ -28,8 +28,9 @@ from dfq.quant.saved import load_quantized
               help="Real labelled images: an .npz with x (uint8 NCHW/NHWC or float in [0, 1]) and y, "
                    "or an ImageFolder directory (one sub-folder per class).")
 @model_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Images per forward pass; lower it if memory runs out.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch [default: 256, but for a model on CPU about 2**21 pixels, "
+                   "32 at 224x224 and 256 at 32x32, which runs fastest].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @device
 @click.option("--providers", default=None,
@@ -49,7 +50,7 @@ def evaluate_cmd(target, data, weights, pretrained, batch_size, limit, device, p
     PyTorch model, with the data config it was made with), or an .onnx file (run by onnxruntime).
     """
     if target.endswith(".onnx"):
-        _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json)
+        _evaluate_onnx(target, data, providers, batch_size or 256, limit, latency, as_json)
         return
     if providers or latency:
         raise click.UsageError("--providers and --latency apply to an .onnx TARGET only")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import click
 
 from dfq import __version__
+from dfq.device import keep_freed_memory
 from dfq.errors import DfqError
 
 DEBUG_KEY = "dfq.debug"  # ctx.meta flag, set by --debug before or after the command
@@ -79,3 +80,4 @@ def main() -> None:
     Load a pretrained model, synthesize calibration images from the model alone, quantize to
     W4A4 / W8A8, export ONNX, and measure accuracy on real images you have.
     """
+    keep_freed_memory()  # torch on CPU: reuse activation memory instead of faulting pages in

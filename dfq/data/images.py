@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dfq.errors import DfqError
 from dfq.models.data_config import DataConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+# PIL releases the GIL while decoding and resizing, so a few threads keep ahead of the model without
+# touching torch's own thread count.
+DECODE_WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -31,6 +38,11 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image, known without decoding a folder."""
+        return tuple(self.x.shape[1:])
 
     def take(self, n: int | None) -> ImageSet:
         if n is None or n >= len(self):
@@ -52,7 +64,7 @@ class ImageSet:
     def check_fits(self, cfg: DataConfig, num_classes: int | None = None) -> None:
         """Fail with one line if these images cannot feed a model with `cfg` and `num_classes`."""
         want = tuple(cfg.input_size)
-        have = tuple(self.x.shape[1:])
+        have = self.image_shape
         if have != want:
             raise DfqError(
                 f"{self.source}: images are {_fmt(have)} but the model expects {_fmt(want)}; "
@@ -121,29 +133,99 @@ def _to_nchw(x: np.ndarray, p: Path) -> np.ndarray:
     raise DfqError(f"{p}: cannot find the channel axis in shape {x.shape}; expected NCHW or NHWC")
 
 
-def _load_folder(root: Path, cfg: DataConfig, limit: int | None) -> ImageSet:
-    from PIL import Image
-
+def _load_folder(root: Path, cfg: DataConfig, limit: int | None) -> FolderImageSet:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())
              if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DfqError(f"{root}: no images found; expected one sub-folder of images per class")
-    files = files[:limit] if limit else files
-    xs = []
-    for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                xs.append(_resize_crop(im.convert("RGB"), cfg))
-        except OSError as e:
-            raise DfqError(f"{f}: cannot read image ({e})") from None
-    y = torch.tensor([i for _, i in files], dtype=torch.long)
-    return ImageSet(torch.from_numpy(np.stack(xs)), y, False, str(root))
+    return FolderImageSet(files[:limit] if limit else files, cfg, str(root))
 
 
-def _resize_crop(im, cfg: DataConfig) -> np.ndarray:
-    from PIL import Image
+class FolderImageSet(ImageSet):
+    """An ImageFolder directory whose images are decoded only when needed, in worker threads.
 
+    `batches` streams, decoding batch k + 1 while the caller runs the model on batch k, so evaluation
+    starts after one batch instead of after the whole folder. `x` decodes every image once, for code
+    that wants all pixels at hand. Either way the pixels, order and labels are those of a serial loop
+    over the files with `_read_image`.
+    """
+
+    def __init__(self, files: list[tuple[Path, int]], cfg: DataConfig, source: str,
+                 workers: int = DECODE_WORKERS) -> None:
+        self.files = files
+        self.cfg = cfg
+        self.workers = max(1, workers)
+        self.y = torch.tensor([label for _, label in files], dtype=torch.long)
+        self.normalized = False
+        self.source = source
+        self._x: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"FolderImageSet({self.source!r}, {len(self)} images)"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def x(self) -> torch.Tensor:
+        if self._x is None:
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dfq-decode")
+            try:
+                xs = list(pool.map(_read_image, [f for f, _ in self.files], [self.cfg] * len(self)))
+            finally:  # on an unreadable image, do not decode the rest before reporting it
+                pool.shutdown(wait=True, cancel_futures=True)
+            self._x = torch.from_numpy(np.stack(xs))
+        return self._x
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return (3, *self.cfg.input_size[1:])  # `_read_image` converts to RGB and crops to size
+
+    def take(self, n: int | None) -> ImageSet:
+        if n is None or n >= len(self):
+            return self
+        if self._x is not None:
+            return ImageSet(self._x[:n], self.y[:n], False, self.source)
+        return FolderImageSet(self.files[:n], self.cfg, self.source, self.workers)
+
+    def batches(self, cfg: DataConfig, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._x is not None:
+            yield from super().batches(cfg, batch_size)
+            return
+        starts = range(0, len(self), batch_size)
+        for i, x in zip(starts, _decode_ahead(self.files, self.cfg, batch_size, self.workers)):
+            yield self.normalize(torch.from_numpy(x), cfg), self.y[i:i + batch_size]
+
+
+def _decode_ahead(files: list[tuple[Path, int]], cfg: DataConfig, batch_size: int,
+                  workers: int) -> Iterator[np.ndarray]:
+    """Stacked uint8 batches in file order; the next batch decodes while the caller holds this one.
+
+    At most two batches are in flight, so memory stays bounded however large the folder.
+    """
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="dfq-decode")
+    pending: deque[list[Future]] = deque()
+    try:
+        for i in range(0, len(files), batch_size):
+            pending.append([pool.submit(_read_image, f, cfg) for f, _ in files[i:i + batch_size]])
+            if len(pending) == 2:
+                yield np.stack([job.result() for job in pending.popleft()])
+        while pending:
+            yield np.stack([job.result() for job in pending.popleft()])
+    finally:  # also when the caller stops early: drop queued work, wait for the running images
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_image(f: Path, cfg: DataConfig) -> np.ndarray:
+    try:
+        with Image.open(f) as im:
+            return _resize_crop(im.convert("RGB"), cfg)
+    except OSError as e:
+        raise DfqError(f"{f}: cannot read image ({e})") from None
+
+
+def _resize_crop(im: Image.Image, cfg: DataConfig) -> np.ndarray:
     _, h, w = cfg.input_size
     scale_h, scale_w = int(h / cfg.crop_pct), int(w / cfg.crop_pct)
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}

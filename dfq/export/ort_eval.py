@@ -32,7 +32,7 @@ def evaluate_onnx(path: str | Path, data: str | Path, providers: list[str] | Non
     if len(out_shape) == 2 and isinstance(out_shape[1], int):
         cfg.num_classes = out_shape[1]
     images = load_images(data, cfg, limit=limit)
-    have, want = tuple(images.x.shape[1:]), tuple(cfg.input_size)
+    have, want = images.image_shape, tuple(cfg.input_size)
     if have != want:
         raise DfqError(f"{data}: images are {'x'.join(map(str, have))} but {path} expects "
                        f"{'x'.join(map(str, want))}; resize the data or export at that size")
