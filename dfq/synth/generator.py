@@ -116,6 +116,16 @@ class PixelSource(ImageSource):
         self.after_step()
 
 
+def seeded_generator(cfg: SynthConfig, data_config: DataConfig,
+                     device: torch.device) -> Generator:
+    """A generator initialized from `cfg.seed` alone (the caller's RNG is left untouched), for
+    methods that keep one generator across rounds: the set then depends on the seed only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        generator = Generator(cfg.latent_dim, cfg.generator_width, data_config.input_size)
+    return generator.to(device).train()
+
+
 def make_source(cfg: SynthConfig, data_config: DataConfig, batch: int,
                 generator: Generator | None = None) -> ImageSource:
     """A fresh parameterization for one batch (a given `generator` is reused, not re-made)."""

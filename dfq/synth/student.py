@@ -41,9 +41,7 @@ class Student:
     def update(self, teacher: nn.Module, images: torch.Tensor, steps: int, batch_size: int,
                lr: float, gen: torch.Generator) -> float | None:
         """`steps` KD steps on random batches of `images` (flipped at random); the last loss."""
-        if self.refresh is not None and not self._refreshed:
-            self.refresh(images)
-            self._refreshed = True
+        self.prepare(images)
         if steps <= 0 or not self.params:
             return None
         if self._opt is None:
@@ -67,6 +65,13 @@ class Student:
                 last = loss.detach()
         self.model.train(was_training)
         return float(last)
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """Run `refresh` once, on the first synthetic images, before the student trains on any
+        (methods that train it inside their own loop, as DFAD does, call this first)."""
+        if self.refresh is not None and not self._refreshed:
+            self.refresh(images)
+            self._refreshed = True
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue with this student exactly."""

@@ -14,6 +14,7 @@ AMP_MODES = ("auto", "bf16", "off")
 DIRECTIONS = ("swapped", "standard")
 RELATION_LABELS = ("argmax", "target")
 RELATION_FEATURES = ("stages", "penultimate")
+DIVERSITY_REFERENCES = ("latent", "teacher")
 CLI_FLAGS = ("num_images", "batch_size", "iters", "seed")
 
 
@@ -38,24 +39,35 @@ class DfadConfig:
 @dataclass
 class RdskdConfig:
     """RDSKD (Han et al. 2021): authenticity, class diversity and sample diversity, with
-    exponentially penalized loss increments."""
+    exponentially penalized loss increments.
+
+    Unit weights on the one-hot, entropy and diversity terms as in the authors' released code
+    (github PengchaoHan/RDSKD); the activation term is DAFL's, at DAFL's weight 0.1. The
+    diversity term compares sample distances with latent distances (`'latent'`, mode seeking) or,
+    as the released code does, with distances between the teacher's softmax outputs
+    (`'teacher'`). `max_increment` caps the exponent of the penalty (a numerical guard, not in
+    the paper: exp(5) ~ 148).
+    """
 
     iters: int = 200  # generator iterations per round
-    student_steps: int = 1  # student KD steps per generator iteration
+    student_steps: int = 1  # student KD steps per generator iteration (when a student is given)
     lr_generator: float = 1e-3
     lr_student: float = 1e-4
     onehot_weight: float = 1.0
     activation_weight: float = 0.1
-    entropy_weight: float = 5.0
+    entropy_weight: float = 1.0
     diversity_weight: float = 1.0
     bn_weight: float = 0.0
+    diversity_reference: str = "latent"
+    max_increment: float = 5.0
 
     def __post_init__(self) -> None:
         _at_least("rdskd.iters", self.iters, 1)
         _at_least("rdskd.student_steps", self.student_steps, 0)
-        _positive(self, ("lr_generator", "lr_student"), "rdskd.")
+        _positive(self, ("lr_generator", "lr_student", "max_increment"), "rdskd.")
         _non_negative(self, ("onehot_weight", "activation_weight", "entropy_weight",
                              "diversity_weight", "bn_weight"), "rdskd.")
+        _one_of("rdskd.diversity_reference", self.diversity_reference, DIVERSITY_REFERENCES)
 
 
 @dataclass

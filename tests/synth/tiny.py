@@ -1,6 +1,8 @@
 """A tiny BN classifier with made-up running statistics: synthesis tests in seconds."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -23,3 +25,17 @@ def tiny_model(num_classes: int = 4, seed: int = 0) -> nn.Module:
 
 def tiny_config(num_classes: int = 4) -> DataConfig:
     return DataConfig(input_size=(3, 8, 8), num_classes=num_classes)
+
+
+class MemoryStore:
+    """A `RoundStore` in memory: rounds and states are deep-copied, as a file store would."""
+
+    def __init__(self, rounds: dict | None = None) -> None:
+        self.rounds: dict = dict(rounds or {})
+
+    def load(self, r: int):
+        saved = self.rounds.get(r)
+        return None if saved is None else copy.deepcopy(saved)
+
+    def save(self, r: int, result, state: dict) -> None:
+        self.rounds[r] = copy.deepcopy((result, state))
