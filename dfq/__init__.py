@@ -1,4 +1,5 @@
 """dfq: data-free post-training quantization of image classifiers."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

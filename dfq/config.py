@@ -1,10 +1,12 @@
 """Config dataclasses as data: build from dicts / YAML recipes with unknown keys refused helpfully.
 
-Every stage has a small dataclass that validates itself in `__post_init__`; a recipe is a YAML file whose
-top-level sections (`synth:`, `quant:`, ...) map one to one onto those dataclasses. `from_dict` refuses
-keys it does not know, naming the closest known one, so a typo never silently falls back to a default.
-A user's recipe file is layered over the shipped one (`layered_recipe`): it names what it changes.
+Every stage has a small dataclass that validates itself in `__post_init__`; a recipe is a YAML file
+whose top-level sections (`synth:`, `quant:`, ...) map one to one onto those dataclasses.
+`from_dict` refuses keys it does not know, naming the closest known one, so a typo never silently
+falls back to a default. A user's recipe file is layered over the shipped one (`layered_recipe`): it
+names what it changes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +29,10 @@ def check_keys(cls: type, keys: Iterable[str], where: str = "") -> None:
     fields = {f.name for f in dataclasses.fields(cls)}
     for key in keys:
         if key not in fields:
-            raise DfqError(f"unknown key '{key}'{f' in {where}' if where else ''}; "
-                           f"{suggestion(key, fields, 'known keys')}")
+            raise DfqError(
+                f"unknown key '{key}'{f' in {where}' if where else ''}; "
+                f"{suggestion(key, fields, 'known keys')}"
+            )
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
@@ -48,7 +52,9 @@ def config_from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain dict (tuples as lists) that YAML and JSON can hold and `config_from_dict` reads back."""
+    """A plain dict (tuples as lists) that YAML and JSON can hold and `config_from_dict` reads
+    back."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -91,8 +97,11 @@ def is_shipped(name_or_path: str | Path) -> bool:
     return find_recipe(name_or_path).resolve().parent == RECIPE_DIR
 
 
-def layered_recipe(recipe: str | Path | None, base: str | Path | None = None,
-                   sets: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def layered_recipe(
+    recipe: str | Path | None,
+    base: str | Path | None = None,
+    sets: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Sections of `base`, then the user's `recipe` file over them key by key, then `sets`.
 
     A partial recipe file thus changes only what it names and keeps the shipped recipe for the rest;
@@ -106,8 +115,10 @@ def layered_recipe(recipe: str | Path | None, base: str | Path | None = None,
     for where, layer in [*layers, ("--set", sets or {})]:
         for section, values in layer.items():
             if known and section not in known:
-                raise DfqError(f"unknown section '{section}' in {where}; "
-                               f"{suggestion(section, known, 'known sections')}")
+                raise DfqError(
+                    f"unknown section '{section}' in {where}; "
+                    f"{suggestion(section, known, 'known sections')}"
+                )
             if values is not None and not isinstance(values, dict):
                 raise DfqError(f"section '{section}' in {where} must map keys to values")
             _merge(out.setdefault(section, {}), values or {})
@@ -123,9 +134,14 @@ def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
             into[key] = value
 
 
-def recipe_section(cls: type[C], section: str, recipe: str | Path | None,
-                   overrides: dict[str, Any] | None = None, base: str | Path | None = None,
-                   sets: dict[str, dict[str, Any]] | None = None) -> C:
+def recipe_section(
+    cls: type[C],
+    section: str,
+    recipe: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    base: str | Path | None = None,
+    sets: dict[str, dict[str, Any]] | None = None,
+) -> C:
     """Section `section` of the layered recipe as dataclass `cls`, with non-None overrides applied.
 
     The overrides are the command's own options (`--iters`, `--bits`): they win over every layer.

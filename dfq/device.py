@@ -1,5 +1,6 @@
 """Which torch device a run uses (library code resolves it here, the CLI only reports errors),
 how many CPU threads it takes, and how a CLI process lets malloc serve torch on CPU."""
+
 from __future__ import annotations
 
 import ctypes
@@ -43,10 +44,11 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     """Let glibc malloc keep freed blocks up to `limit` bytes for reuse instead of unmapping them.
 
     On CPU, torch frees each batch's activations and allocates them again for the next batch. Blocks
-    above glibc's mmap threshold (32 MB at most by default) are fresh mappings every time, whose pages
-    fault in one by one: tf_efficientnet_lite0 at 224x224, batch 32, one thread, spent 27 ms per image
-    in the kernel against 14 in the model; with this, none. Process-wide (freed memory stays with the
-    process until it exits), so only entry points such as the CLI call it. Returns whether it applied.
+    above glibc's mmap threshold (32 MB at most by default) are fresh mappings every time, whose
+    pages fault in one by one: tf_efficientnet_lite0 at 224x224, batch 32, one thread, spent 27 ms
+    per image in the kernel against 14 in the model; with this, none. Process-wide (freed memory
+    stays with the process until it exits), so only entry points such as the CLI call it. Returns
+    whether it applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

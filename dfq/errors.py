@@ -1,9 +1,11 @@
 """Errors a user can act on.
 
-A `DfqError` is a user mistake (unknown model, bad file, impossible option): the CLI prints its one-line
-message and exits with status 2. A `DfqFailure` is a run that could not finish (a loss that stays NaN, an
-export check that fails): exit status 1. Anything else is a bug and keeps its traceback.
+A `DfqError` is a user mistake (unknown model, bad file, impossible option): the CLI prints its
+one-line message and exits with status 2. A `DfqFailure` is a run that could not finish (a loss that
+stays NaN, an export check that fails): exit status 1. Anything else is a bug and keeps its
+traceback.
 """
+
 from __future__ import annotations
 
 

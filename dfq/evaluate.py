@@ -1,4 +1,5 @@
 """Top-1 / top-5 accuracy of a model on real images."""
+
 from __future__ import annotations
 
 import time
@@ -30,9 +31,9 @@ def default_batch_size(cfg: DataConfig, device: str | torch.device = "cpu") -> i
     """256 images per batch on an accelerator; on CPU, a power of two near 2**21 input pixels.
 
     That is 256 at 32x32 but 32 at 224x224. Bigger batches are no faster per image on CPU, and at
-    ImageNet sizes slower: their activations outgrow what malloc keeps for reuse, so each batch faults
-    in fresh pages (tf_efficientnet_lite0, one thread, with `keep_freed_memory`: 12 ms of user and
-    0 of kernel time per image at batch 32; 13 and 7 at batch 64; 13 and 29 at batch 256).
+    ImageNet sizes slower: their activations outgrow what malloc keeps for reuse, so each batch
+    faults in fresh pages (tf_efficientnet_lite0, one thread, with `keep_freed_memory`: 12 ms of
+    user and 0 of kernel time per image at batch 32; 13 and 7 at batch 64; 13 and 29 at batch 256).
     """
     if torch.device(device).type != "cpu":
         return 256
@@ -50,8 +51,8 @@ def evaluate(
 ) -> dict:
     """Accuracy of `target` (a model, or a function from normalized batch to logits) on `data`.
 
-    `batch_size` defaults to `default_batch_size(cfg, device)`. Returns `top1`, `top5` (percent), `n` and
-    `seconds` (inference wall time, data included).
+    `batch_size` defaults to `default_batch_size(cfg, device)`. Returns `top1`, `top5` (percent),
+    `n` and `seconds` (inference wall time, data included).
     """
     batch_size = batch_size or default_batch_size(cfg, device)
     predict = torch_predictor(target, device) if isinstance(target, nn.Module) else target

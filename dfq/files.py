@@ -3,6 +3,7 @@
 Every writer builds its output under a temporary name beside the target and renames it at the end;
 an existing target is refused unless `overwrite`.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Modes as context managers that always restore what they changed (STYLE: no global flags)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

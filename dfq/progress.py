@@ -4,6 +4,7 @@ On a terminal: click progress bars. Elsewhere (a log file, a batch job, CI) a ba
 nothing readable, so a plain line is printed about every `interval` seconds instead, with the step,
 the caller's current text (losses), the elapsed time and an ETA, and one line when the stage ends.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ def _is_tty(stream: IO) -> bool:
 class LogLines:
     """The non-terminal progress: a plain line every `interval` seconds and one at the end."""
 
-    def __init__(self, total: int | None, label: str, interval: float | None = None,
-                 stream: IO | None = None) -> None:
+    def __init__(
+        self, total: int | None, label: str, interval: float | None = None, stream: IO | None = None
+    ) -> None:
         self.total = total
         self.label = label
         self.interval = log_interval(interval)
@@ -113,8 +115,13 @@ class LogLines:
 
 
 @contextmanager
-def progress(items: Iterable[T], label: str, length: int | None = None,
-             enabled: bool = True, interval: float | None = None) -> Iterator[Iterable[T]]:
+def progress(
+    items: Iterable[T],
+    label: str,
+    length: int | None = None,
+    enabled: bool = True,
+    interval: float | None = None,
+) -> Iterator[Iterable[T]]:
     """A click progress bar on stderr; `bar.update` is not needed, iterate the yielded object.
 
     Without a terminal, log lines instead (see `LogLines`); with `set_quiet(True)`, nothing.
@@ -132,8 +139,9 @@ def progress(items: Iterable[T], label: str, length: int | None = None,
             raise
         lines.finish()
         return
-    with click.progressbar(items, length=length, label=label, file=sys.stderr,
-                           show_eta=True, show_pos=True) as bar:
+    with click.progressbar(
+        items, length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True
+    ) as bar:
         yield bar
 
 
@@ -156,8 +164,9 @@ class StepBar:
     Without a terminal it prints log lines (see `LogLines`); with `set_quiet(True)`, nothing.
     """
 
-    def __init__(self, total: int, label: str, enabled: bool = True,
-                 interval: float | None = None) -> None:
+    def __init__(
+        self, total: int, label: str, enabled: bool = True, interval: float | None = None
+    ) -> None:
         self.enabled = enabled and not _quiet
         self._bar = None
         self._lines: LogLines | None = None
@@ -166,9 +175,14 @@ class StepBar:
         if not _is_tty(sys.stderr):
             self._lines = LogLines(total, label, interval)
             return
-        self._bar = click.progressbar(length=total, label=label, file=sys.stderr,
-                                      show_pos=True, show_eta=True,
-                                      item_show_func=lambda s: s)
+        self._bar = click.progressbar(
+            length=total,
+            label=label,
+            file=sys.stderr,
+            show_pos=True,
+            show_eta=True,
+            item_show_func=lambda s: s,
+        )
         self._bar.__enter__()
 
     def step(self, n: int = 1, text: str | None = None) -> None:

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data and weights in ../shared, skipped with a reason where absent."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,9 @@ def shared_file(rel: str) -> Path:
     """Path of a file in ../shared, or skip the test when it is not there (a user's checkout)."""
     path = SHARED / rel
     if not path.exists():
-        pytest.skip(f"needs {path} (the project's shared data, present in CI, absent in user checkouts)")
+        pytest.skip(
+            f"needs {path} (the project's shared data, present in CI, absent in user checkouts)"
+        )
     return path
 
 

@@ -45,5 +45,12 @@ def test_default_batch_size_keeps_cpu_batches_near_2_21_pixels():
     def size(h, device="cpu"):
         return default_batch_size(DataConfig((3, h, h), num_classes=10), device)
 
-    assert [size(32), size(64), size(224), size(299), size(512), size(2048)] == [256, 256, 32, 16, 8, 1]
+    assert [size(32), size(64), size(224), size(299), size(512), size(2048)] == [
+        256,
+        256,
+        32,
+        16,
+        8,
+        1,
+    ]
     assert size(224, "cuda") == 256

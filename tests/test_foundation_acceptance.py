@@ -1,4 +1,5 @@
 """Issue 2 acceptance: real checkpoints on real images give the published accuracy exactly."""
+
 import pytest
 
 from dfq.data import load_images

@@ -1,4 +1,6 @@
-"""Progress in logs: without a terminal, plain lines every interval with step, ETA and a final line."""
+"""Progress in logs: without a terminal, plain lines every interval with step, ETA and a final
+line."""
+
 from __future__ import annotations
 
 import re
@@ -89,4 +91,9 @@ def test_interval_argument_and_disabled(log_stderr):
 
 
 def test_format_duration():
-    assert [format_duration(s) for s in (4.4, 90, 450, 3725)] == ["4s", "1m30s", "7m30s", "1h02m05s"]
+    assert [format_duration(s) for s in (4.4, 90, 450, 3725)] == [
+        "4s",
+        "1m30s",
+        "7m30s",
+        "1h02m05s",
+    ]

@@ -14,6 +14,7 @@ profile when the speed-up stays under 2x.
 Run under the shared lock: `flock /tmp/dfq-bench.lock python tools/bench_export.py`.
 Writes runs/bench_export/report.md and report.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,12 @@ def fidelity(bits: int, n_calib: int, limit: int | None) -> dict:
     export_s = time.perf_counter() - t0
     row = {"model": "cifar10_resnet20", "bits": f"W{bits}A{bits}", "calib_images": n_calib}
     row.update(compare_runtimes(model, cfg, out_dir / "model.onnx", calib, limit))
-    row.update(export_check=summary["check"], quantizers_added=len(summary["quantizers_added"]),
-               export_seconds=round(export_s, 1), onnx_bytes=summary["bytes"])
+    row.update(
+        export_check=summary["check"],
+        quantizers_added=len(summary["quantizers_added"]),
+        export_seconds=round(export_s, 1),
+        onnx_bytes=summary["bytes"],
+    )
     return row
 
 
@@ -83,14 +88,18 @@ def fidelity_of_run(run_dir: Path, limit: int | None) -> dict:
     calib = load_calibration(run_dir / "calibration.npz").images
     report = json.loads((run_dir / "report.json").read_text())
     q = report["config"]["quant"] if "config" in report else {}
-    row = {"model": f"{run_dir}", "bits": f"W{q.get('wbits', '?')}A{q.get('abits', '?')}",
-           "calib_images": len(calib)}
+    row = {
+        "model": f"{run_dir}",
+        "bits": f"W{q.get('wbits', '?')}A{q.get('abits', '?')}",
+        "calib_images": len(calib),
+    }
     row.update(compare_runtimes(model, cfg, run_dir / "model.onnx", calib, limit))
     return row
 
 
-def compare_runtimes(model: torch.nn.Module, cfg, path: Path, calib: torch.Tensor,
-                     limit: int | None) -> dict:
+def compare_runtimes(
+    model: torch.nn.Module, cfg, path: Path, calib: torch.Tensor, limit: int | None
+) -> dict:
     """Top-1 of PyTorch and onnxruntime on jpeg-10k, argmax agreement on `calib`, fused convs."""
     session = open_session(path)
     predict = onnx_predictor(session)
@@ -103,7 +112,8 @@ def compare_runtimes(model: torch.nn.Module, cfg, path: Path, calib: torch.Tenso
     counts = optimized_op_counts(path)
     return {
         "test_images": acc_torch["n"],
-        "top1_pytorch": acc_torch["top1"], "top1_onnxruntime": acc_ort["top1"],
+        "top1_pytorch": acc_torch["top1"],
+        "top1_onnxruntime": acc_ort["top1"],
         "top1_delta": round(acc_ort["top1"] - acc_torch["top1"], 2),
         "argmax_agreement_calib": round(100 * agree_calib, 2),
         "quantized_convs": sum(isinstance(m, QuantConv2d) for m in model.modules()),
@@ -120,19 +130,24 @@ def build_resnet18(out_dir: Path, n_calib: int) -> tuple[Path, Path, dict]:
     export_onnx(model, fp, ExportConfig(check_images=4), cfg)
     calib = torch.randn(n_calib, *cfg.input_size)
     quantize(model, 8, calib)
-    summary = export_quantized(model, out_dir / "resnet18_w8a8", cfg, calib,
-                               ExportConfig(check_images=8))
+    summary = export_quantized(
+        model, out_dir / "resnet18_w8a8", cfg, calib, ExportConfig(check_images=8)
+    )
     q = out_dir / "resnet18_w8a8" / "model.onnx"
     summary["quantized_convs"] = sum(isinstance(m, QuantConv2d) for m in model.modules())
     return fp, q, summary
 
 
-def alternate_timing(paths: dict[str, Path], batch: int, rounds: int, runs: int,
-                     threads: int | None) -> dict[str, list[float]]:
+def alternate_timing(
+    paths: dict[str, Path], batch: int, rounds: int, runs: int, threads: int | None
+) -> dict[str, list[float]]:
     """Median-able run times (ms): each round runs every model `runs` times, models alternating."""
-    sessions = {k: ort.InferenceSession(str(p), session_options(threads),
-                                        providers=["CPUExecutionProvider"])
-                for k, p in paths.items()}
+    sessions = {
+        k: ort.InferenceSession(
+            str(p), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        for k, p in paths.items()
+    }
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     for s in sessions.values():
         for _ in range(3):
@@ -161,27 +176,36 @@ def op_profile(path: Path, batch: int, threads: int | None, runs: int = 10) -> l
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_op[e["args"].get("op_name", "?")] += e["dur"] / 1e3 / runs
     total = sum(per_op.values()) or 1.0
-    return [(op, round(ms, 3), round(100 * ms / total, 1))
-            for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])]
+    return [
+        (op, round(ms, 3), round(100 * ms / total, 1))
+        for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])
+    ]
 
 
 def speed(n_calib: int, rounds: int, threads: int | None) -> dict:
     fp, q, summary = build_resnet18(OUT, n_calib)
-    result = {"fp32_bytes": fp.stat().st_size, "w8a8_bytes": q.stat().st_size,
-              "size_ratio": round(q.stat().st_size / fp.stat().st_size, 3),
-              "quantized_convs": summary["quantized_convs"],
-              "integer_convs_optimized": integer_conv_count(optimized_op_counts(q)),
-              "export_check": summary["check"], "threads": threads or "onnxruntime default",
-              "batches": {}}
+    result = {
+        "fp32_bytes": fp.stat().st_size,
+        "w8a8_bytes": q.stat().st_size,
+        "size_ratio": round(q.stat().st_size / fp.stat().st_size, 3),
+        "quantized_convs": summary["quantized_convs"],
+        "integer_convs_optimized": integer_conv_count(optimized_op_counts(q)),
+        "export_check": summary["check"],
+        "threads": threads or "onnxruntime default",
+        "batches": {},
+    }
     for batch in (1, 8):
         runs = 5 if batch == 1 else 2
         t = alternate_timing({"fp32": fp, "w8a8": q}, batch, rounds, runs, threads)
         med = {k: statistics.median(v) for k, v in t.items()}
         result["batches"][batch] = {
-            "fp32_ms_median": round(med["fp32"], 2), "w8a8_ms_median": round(med["w8a8"], 2),
+            "fp32_ms_median": round(med["fp32"], 2),
+            "w8a8_ms_median": round(med["w8a8"], 2),
             "fp32_ms_p10": round(float(np.percentile(t["fp32"], 10)), 2),
             "w8a8_ms_p10": round(float(np.percentile(t["w8a8"], 10)), 2),
-            "speedup_median": round(med["fp32"] / med["w8a8"], 2), "samples": len(t["fp32"])}
+            "speedup_median": round(med["fp32"] / med["w8a8"], 2),
+            "samples": len(t["fp32"]),
+        }
         if med["fp32"] / med["w8a8"] < 2.0:
             result["batches"][batch]["profile_w8a8"] = op_profile(q, batch, threads)
             result["batches"][batch]["profile_fp32"] = op_profile(fp, batch, threads)
@@ -189,30 +213,45 @@ def speed(n_calib: int, rounds: int, threads: int | None) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# bench_export ({report['date']}, {report['machine']})", "",
-             "## onnxruntime vs PyTorch fake quant (jpeg-10k top-1)", "",
-             ("| model | bits | top-1 PyTorch | top-1 onnxruntime | delta | argmax agreement "
-              "(calib) | integer convs / quantized convs | export check median / max dev (steps) |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# bench_export ({report['date']}, {report['machine']})",
+        "",
+        "## onnxruntime vs PyTorch fake quant (jpeg-10k top-1)",
+        "",
+        (
+            "| model | bits | top-1 PyTorch | top-1 onnxruntime | delta | argmax agreement "
+            "(calib) | integer convs / quantized convs | export check median / max dev (steps) |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in report["fidelity"]:
         c = r.get("export_check")
         check = f"{c['median_max_dev_steps']} / {c['max_dev_steps']}" if c else ""
-        lines.append(f"| {r['model']} | {r['bits']} | {r['top1_pytorch']:.2f} | "
-                     f"{r['top1_onnxruntime']:.2f} | {r['top1_delta']:+.2f} | "
-                     f"{r['argmax_agreement_calib']:.2f}% ({r['calib_images']}) | "
-                     f"{r['integer_convs_optimized']} / {r['quantized_convs']} | {check} |")
+        lines.append(
+            f"| {r['model']} | {r['bits']} | {r['top1_pytorch']:.2f} | "
+            f"{r['top1_onnxruntime']:.2f} | {r['top1_delta']:+.2f} | "
+            f"{r['argmax_agreement_calib']:.2f}% ({r['calib_images']}) | "
+            f"{r['integer_convs_optimized']} / {r['quantized_convs']} | {check} |"
+        )
     if report.get("speed"):
         s = report["speed"]
-        lines += ["", "## torchvision resnet18 (random init), W8A8 vs FP32 ONNX, onnxruntime CPU",
-                  "", f"integer convs {s['integer_convs_optimized']} / {s['quantized_convs']} "
-                  "quantized; "
-                  f"file {s['w8a8_bytes'] / 1e6:.1f} MB vs {s['fp32_bytes'] / 1e6:.1f} MB "
-                  f"({100 * s['size_ratio']:.1f}%); threads: {s['threads']}", "",
-                  "| batch | FP32 ms (median) | W8A8 ms (median) | speed-up | samples each |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## torchvision resnet18 (random init), W8A8 vs FP32 ONNX, onnxruntime CPU",
+            "",
+            f"integer convs {s['integer_convs_optimized']} / {s['quantized_convs']} "
+            "quantized; "
+            f"file {s['w8a8_bytes'] / 1e6:.1f} MB vs {s['fp32_bytes'] / 1e6:.1f} MB "
+            f"({100 * s['size_ratio']:.1f}%); threads: {s['threads']}",
+            "",
+            "| batch | FP32 ms (median) | W8A8 ms (median) | speed-up | samples each |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for b, r in s["batches"].items():
-            lines.append(f"| {b} | {r['fp32_ms_median']} | {r['w8a8_ms_median']} | "
-                         f"{r['speedup_median']}x | {r['samples']} |")
+            lines.append(
+                f"| {b} | {r['fp32_ms_median']} | {r['w8a8_ms_median']} | "
+                f"{r['speedup_median']}x | {r['samples']} |"
+            )
         for b, r in s["batches"].items():
             if "profile_w8a8" in r:
                 lines += ["", f"Per-operator profile, batch {b} (ms per run, share):", ""]
@@ -231,16 +270,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-fidelity", action="store_true")
-    ap.add_argument("--runs", type=Path, nargs="*", default=[],
-                    help="`dfq quantize` output directories to check the same way (their "
-                         "model.onnx against quantized.pt, agreement on their calibration.npz)")
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="`dfq quantize` output directories to check the same way (their "
+        "model.onnx against quantized.pt, agreement on their calibration.npz)",
+    )
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    report = {"date": datetime.date.today().isoformat(),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"onnxruntime {ort.__version__}, torch {torch.__version__}",
-              "fidelity": [], "speed": None}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}",
+        "fidelity": [],
+        "speed": None,
+    }
     if not args.skip_fidelity:
         for bits in (8, 4):
             report["fidelity"].append(fidelity(bits, args.calib, args.limit))

@@ -9,6 +9,7 @@ the input, counted by torch's FlopCounterMode), the achieved TFLOP/s against a m
     python tools/bench_speed.py                       # CPU: few iterations, to extrapolate
     python tools/bench_speed.py --iters 50 --batch 64 --e2e   # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def matmul_peak(dev: str) -> float:
     for _ in range(reps):
         a @ b
     sync(dev)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
 def flops_per_image_step(model: torch.nn.Module, size: tuple[int, int, int]) -> float:
@@ -58,8 +59,13 @@ def flops_per_image_step(model: torch.nn.Module, size: tuple[int, int, int]) -> 
 
 def synth_rate(model, cfg_data, dev: str, batch: int, iters: int) -> float:
     cfg = SynthConfig(num_images=batch, batch_size=batch, iters=iters, reinit_generator=True)
-    synthesize(model, SynthConfig(num_images=batch, batch_size=batch, iters=2), cfg_data,
-               progress=False, device=dev)  # warm-up (cuDNN autotune, allocator)
+    synthesize(
+        model,
+        SynthConfig(num_images=batch, batch_size=batch, iters=2),
+        cfg_data,
+        progress=False,
+        device=dev,
+    )  # warm-up (cuDNN autotune, allocator)
     sync(dev)
     start = time.perf_counter()
     synthesize(model, cfg, cfg_data, progress=False, device=dev)
@@ -68,8 +74,16 @@ def synth_rate(model, cfg_data, dev: str, batch: int, iters: int) -> float:
 
 
 def kd_rate(model, cfg_data, dev: str, batch: int, iters: int) -> float:
-    cfg = quant_config("imagenet", cfg_data, {"reconstruct": False, "kd_iters": iters,
-                                              "kd_batch_size": batch, "calib_batch_size": batch})
+    cfg = quant_config(
+        "imagenet",
+        cfg_data,
+        {
+            "reconstruct": False,
+            "kd_iters": iters,
+            "kd_batch_size": batch,
+            "calib_batch_size": batch,
+        },
+    )
     calib = torch.randn(batch * 2, *cfg_data.input_size, device=dev)
     report = quantize_(model.to(dev), cfg, calib, progress=False)
     return iters / report["stages"]["distill"]["seconds"]
@@ -93,21 +107,46 @@ def main() -> None:
         model, cfg = load_model(f"torchvision:{name}", pretrained=False)
         flops = flops_per_image_step(model, cfg.input_size)
         rate = synth_rate(model, cfg, dev, batch, iters)
-        row = {"model": name, "synth_image_steps_per_s": round(rate, 2),
-               "gflop_per_image_step": round(flops / 1e9, 2),
-               "achieved_tflops": round(rate * flops / 1e12, 3), "peak_tflops": round(peak, 1),
-               "fraction_of_peak": round(rate * flops / 1e12 / peak, 4),
-               "kd_steps_per_s": round(kd_rate(model, cfg, dev, batch, iters), 3)}
+        row = {
+            "model": name,
+            "synth_image_steps_per_s": round(rate, 2),
+            "gflop_per_image_step": round(flops / 1e9, 2),
+            "achieved_tflops": round(rate * flops / 1e12, 3),
+            "peak_tflops": round(peak, 1),
+            "fraction_of_peak": round(rate * flops / 1e12 / peak, 4),
+            "kd_steps_per_s": round(kd_rate(model, cfg, dev, batch, iters), 3),
+        }
         if args.e2e:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dfq", "quantize", name, "--no-pretrained", "--bits", "4",
-                            "--out", f"{args.out}/{name}-w4a4", "--overwrite"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dfq",
+                    "quantize",
+                    name,
+                    "--no-pretrained",
+                    "--bits",
+                    "4",
+                    "--out",
+                    f"{args.out}/{name}-w4a4",
+                    "--overwrite",
+                ],
+                check=True,
+            )
             row["quantize_w4a4_seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if dev == "cuda"
-            else platform.processor() or platform.machine(), "torch": torch.__version__,
-            "batch": batch, "iters": iters, "threads": torch.get_num_threads()}
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name()
+        if dev == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "batch": batch,
+        "iters": iters,
+        "threads": torch.get_num_threads(),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

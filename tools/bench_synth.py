@@ -8,6 +8,7 @@ noise; top-1 on jpeg-10k and lossless-846), `ablation` (BN-only, BN + class prio
 generator vs pixels), `cost` (wall time and images/s). Writes `runs/bench_synth/<part>.md` and
 `.json`. The training split is read only as baseline (b).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,16 @@ def load(name: str):
 def export_fp(model, cfg, path: Path) -> Path:
     """FP ONNX, opset 13, dynamic batch (dfq.export will replace this)."""
     dummy = torch.randn(1, *cfg.input_size)
-    torch.onnx.export(model.eval(), dummy, str(path), input_names=["input"],
-                      output_names=["logits"], opset_version=13,
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-                      dynamo=False)
+    torch.onnx.export(
+        model.eval(),
+        dummy,
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=13,
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        dynamo=False,
+    )
     return path
 
 
@@ -60,9 +67,16 @@ def ort_quantize(fp: Path, out: Path, calib: CalibrationSet, scheme: str = "S8S8
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     act = getattr(QuantType, SCHEMES[scheme][0])
-    quantize_static(str(fp), str(out), CalibrationReader(calib, "input", batch_size=64),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=act,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    quantize_static(
+        str(fp),
+        str(out),
+        CalibrationReader(calib, "input", batch_size=64),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=act,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     return out
 
 
@@ -78,8 +92,10 @@ def ort_top1(path: Path, cfg, tests: dict, optimize: bool = True) -> dict:
     def predict(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
 
-    return {k: evaluate(predict, v, cfg, batch_size=500, show_progress=False)["top1"]
-            for k, v in tests.items()}
+    return {
+        k: evaluate(predict, v, cfg, batch_size=500, show_progress=False)["top1"]
+        for k, v in tests.items()
+    }
 
 
 def real_calib(cfg, n: int, seed: int) -> CalibrationSet:
@@ -88,8 +104,9 @@ def real_calib(cfg, n: int, seed: int) -> CalibrationSet:
     g = np.random.default_rng(seed)
     y = real.y.numpy()
     per = n // cfg.num_classes
-    idx = np.concatenate([g.choice(np.flatnonzero(y == c), per, replace=False)
-                          for c in range(cfg.num_classes)])
+    idx = np.concatenate(
+        [g.choice(np.flatnonzero(y == c), per, replace=False) for c in range(cfg.num_classes)]
+    )
     idx = np.concatenate([idx, g.choice(np.setdiff1d(np.arange(len(y)), idx), n - len(idx), False)])
     x = real.normalize(real.x[idx], cfg)
     return CalibrationSet(x, real.y[idx], {"data_config": cfg.to_dict(), "source": REAL})
@@ -110,9 +127,12 @@ def set_stats(model, calib: CalibrationSet, margin: float) -> dict:
     d = torch.cdist(z, z)
     same = (calib.labels[:, None] == calib.labels[None, :]) & ~torch.eye(len(z), dtype=torch.bool)
     top2 = logits.softmax(1).topk(2, dim=1).values
-    return {"bn_loss": round(bn_loss, 3), "intra_div": round(float(d[same].mean()), 4),
-            "confusion": round(float(((top2[:, 0] - top2[:, 1]) < margin).float().mean()), 4),
-            "teacher_agrees": round(float((logits.argmax(1) == calib.labels).float().mean()), 4)}
+    return {
+        "bn_loss": round(bn_loss, 3),
+        "intra_div": round(float(d[same].mean()), 4),
+        "confusion": round(float(((top2[:, 0] - top2[:, 1]) < margin).float().mean()), 4),
+        "teacher_agrees": round(float((logits.argmax(1) == calib.labels).float().mean()), 4),
+    }
 
 
 def part_quantizer(args, out: Path) -> list[dict]:
@@ -122,17 +142,28 @@ def part_quantizer(args, out: Path) -> list[dict]:
         tests = {k: load_images(SHARED / "data" / f, cfg) for k, f in TESTS.items()}
         fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
         fp_acc = ort_top1(fp, cfg, tests)
-        rows.append({"model": name, "calib": "none (FP)",
-                     **{f"{s} {k}": v for s in args.schemes for k, v in fp_acc.items()}})
-        scfg = synth_config(args.recipe, cfg, {"num_images": args.num_images, "iters": args.iters,
-                                               "seed": args.seed})
+        rows.append(
+            {
+                "model": name,
+                "calib": "none (FP)",
+                **{f"{s} {k}": v for s in args.schemes for k, v in fp_acc.items()},
+            }
+        )
+        scfg = synth_config(
+            args.recipe,
+            cfg,
+            {"num_images": args.num_images, "iters": args.iters, "seed": args.seed},
+        )
         start = time.perf_counter()
-        synth = synthesize(model, scfg, cfg, progress=args.progress, model_name=name,
-                           device=args.device)
+        synth = synthesize(
+            model, scfg, cfg, progress=args.progress, model_name=name, device=args.device
+        )
         wall = time.perf_counter() - start
-        sources = {"(a) dfq synthesize": synth,
-                   "(b) real train-5k": real_calib(cfg, args.num_images, 0),
-                   "(c) gaussian noise": noise_calib(cfg, args.num_images, 0)}
+        sources = {
+            "(a) dfq synthesize": synth,
+            "(b) real train-5k": real_calib(cfg, args.num_images, 0),
+            "(c) gaussian noise": noise_calib(cfg, args.num_images, 0),
+        }
         for label, calib in sources.items():
             row = {"model": name, "calib": label}
             for scheme in args.schemes:
@@ -141,8 +172,13 @@ def part_quantizer(args, out: Path) -> list[dict]:
                 row.update({f"{scheme} {k}": v for k, v in acc.items()})
             row.update(set_stats(model, calib, 0.5))
             if calib is synth:
-                row.update(synth_seconds=round(wall, 1), images_per_s=round(len(synth) / wall, 3),
-                           iters=scfg.iters, batch_size=scfg.batch_size, method=scfg.method)
+                row.update(
+                    synth_seconds=round(wall, 1),
+                    images_per_s=round(len(synth) / wall, 3),
+                    iters=scfg.iters,
+                    batch_size=scfg.batch_size,
+                    method=scfg.method,
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -164,17 +200,30 @@ def part_ablation(args, out: Path) -> list[dict]:
     fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
     for method in ("generator", "pixels"):
         for label, over in ABLATION.items():
-            scfg = synth_config(args.recipe, cfg, {
-                "num_images": args.num_images, "iters": args.iters, "seed": args.seed,
-                "method": method, **over})
+            scfg = synth_config(
+                args.recipe,
+                cfg,
+                {
+                    "num_images": args.num_images,
+                    "iters": args.iters,
+                    "seed": args.seed,
+                    "method": method,
+                    **over,
+                },
+            )
             start = time.perf_counter()
             calib = synthesize(model, scfg, cfg, progress=args.progress, model_name=name)
             wall = time.perf_counter() - start
             q = ort_quantize(fp, out / f"{name}.abl.int8.onnx", calib)
-            row = {"model": name, "method": method, "losses": label, "seconds": round(wall, 1),
-                   "final_bn_loss_synth": calib.metadata["final_losses"]["bn"],
-                   **set_stats(model, calib, 0.5),
-                   "(a) top1 jpeg-10k": ort_top1(q, cfg, tests)["jpeg-10k"]}
+            row = {
+                "model": name,
+                "method": method,
+                "losses": label,
+                "seconds": round(wall, 1),
+                "final_bn_loss_synth": calib.metadata["final_losses"]["bn"],
+                **set_stats(model, calib, 0.5),
+                "(a) top1 jpeg-10k": ort_top1(q, cfg, tests)["jpeg-10k"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -186,16 +235,26 @@ def part_cost(args, out: Path) -> list[dict]:
     model, cfg = load_model("torchvision:resnet18", pretrained=False)
     full = synth_config("imagenet", cfg)
     for method in ("generator", "pixels"):
-        scfg = synth_config("imagenet", cfg, {
-            "num_images": full.batch_size, "iters": args.cost_iters, "method": method})
+        scfg = synth_config(
+            "imagenet",
+            cfg,
+            {"num_images": full.batch_size, "iters": args.cost_iters, "method": method},
+        )
         start = time.perf_counter()
         synthesize(model, scfg, cfg, progress=args.progress, model_name="resnet18")
         per_step = (time.perf_counter() - start) / scfg.iters
         steps = -(-full.num_images // full.batch_size) * full.iters
-        rows.append({"model": "torchvision:resnet18", "method": method, "batch": scfg.batch_size,
-                     "iters_measured": scfg.iters, "s_per_step": round(per_step, 2),
-                     "extrapolated_recipe_hours": round(per_step * steps / 3600, 2),
-                     "recipe": f"{full.num_images} images x {full.iters} iters"})
+        rows.append(
+            {
+                "model": "torchvision:resnet18",
+                "method": method,
+                "batch": scfg.batch_size,
+                "iters_measured": scfg.iters,
+                "s_per_step": round(per_step, 2),
+                "extrapolated_recipe_hours": round(per_step * steps / 3600, 2),
+                "recipe": f"{full.num_images} images x {full.iters} iters",
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -218,11 +277,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when shared)")
     ap.add_argument("--progress", action="store_true")
-    ap.add_argument("--device", default="cpu",
-                    help="where the quantizer part synthesizes (cpu, cuda, auto): the same seed and "
-                         "recipe on CPU and GPU should give the same (a) accuracy within noise")
-    ap.add_argument("--schemes", default="S8S8,W8A4-minmax",
-                    help=f"quantize_static schemes of the quantizer part: {', '.join(SCHEMES)}")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="where the quantizer part synthesizes (cpu, cuda, auto): the same seed and "
+        "recipe on CPU and GPU should give the same (a) accuracy within noise",
+    )
+    ap.add_argument(
+        "--schemes",
+        default="S8S8,W8A4-minmax",
+        help=f"quantize_static schemes of the quantizer part: {', '.join(SCHEMES)}",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_synth")
     args = ap.parse_args()
     args.models = args.models.split(",")
@@ -231,9 +296,13 @@ def main() -> None:
         ap.error(f"unknown schemes {sorted(set(args.schemes) - set(SCHEMES))}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-           "torch": torch.__version__, "threads": args.threads,
-           "args": {k: str(v) for k, v in vars(args).items()}}
+    env = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     parts = {"quantizer": part_quantizer, "ablation": part_ablation, "cost": part_cost}
     for part in args.part or ["quantizer", "ablation", "cost"]:
         rows = parts[part](args, args.out)

@@ -1,4 +1,6 @@
-"""Calibration sets: synthetic images in the model's input space, saved for dfq or other quantizers."""
+"""Calibration sets: synthetic images in the model's input space, saved for dfq or other
+quantizers."""
+
 from __future__ import annotations
 
 from dfq.calibration.dataset import CalibrationSet

@@ -1,4 +1,5 @@
 """`CalibrationSet`: synthetic images plus what a quantizer needs to use them correctly."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -33,8 +34,10 @@ class CalibrationSet:
         if self.images.ndim != 4:
             raise DfqError(f"calibration images must be NCHW, got shape {tuple(self.images.shape)}")
         if self.labels.shape != (len(self.images),):
-            raise DfqError(f"need one label per image: {len(self.images)} images, "
-                           f"labels of shape {tuple(self.labels.shape)}")
+            raise DfqError(
+                f"need one label per image: {len(self.images)} images, "
+                f"labels of shape {tuple(self.labels.shape)}"
+            )
         self.metadata.setdefault("input_name", DEFAULT_INPUT_NAME)
 
     def __len__(self) -> int:
@@ -52,7 +55,7 @@ class CalibrationSet:
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self), batch_size):
-            yield self.images[i:i + batch_size], self.labels[i:i + batch_size]
+            yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
 
     def pixels_uint8(self) -> torch.Tensor:
         """De-normalized to uint8 0..255 (rounded), the form PNG files hold."""

@@ -4,6 +4,7 @@ Every writer builds its output under a temporary name beside the target and rena
 so an interrupt never leaves a truncated file under the final name; an existing target is refused
 unless `overwrite`. All three formats reload to the same tensors (PNG up to its uint8 rounding).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,22 @@ META_KEY = "dfq_meta"
 SIDECAR = "dfq_calibration.json"
 
 
-def save_calibration(cs: CalibrationSet, path: str | Path, fmt: str | None = None,
-                     overwrite: bool = False, images_per_set: int = 1) -> Path:
+def save_calibration(
+    cs: CalibrationSet,
+    path: str | Path,
+    fmt: str | None = None,
+    overwrite: bool = False,
+    images_per_set: int = 1,
+) -> Path:
     """Write `cs` as `fmt` (default: npz for a `.npz` path); returns the path written."""
     path = Path(path)
     fmt = fmt or ("npz" if path.suffix == ".npz" else None)
     if fmt not in FORMATS:
-        raise DfqError(f"unknown calibration format '{fmt}'; use one of {', '.join(FORMATS)}"
-                       if fmt else f"{path}: say which format to write ({', '.join(FORMATS)})")
+        raise DfqError(
+            f"unknown calibration format '{fmt}'; use one of {', '.join(FORMATS)}"
+            if fmt
+            else f"{path}: say which format to write ({', '.join(FORMATS)})"
+        )
     with atomic_path(path, overwrite) as tmp:
         if fmt == "onnx-pb":
             _write_pb(cs, tmp, images_per_set)
@@ -49,15 +58,27 @@ def _write_npz(cs: CalibrationSet, tmp: Path) -> None:
     if cs.input_name in ("labels", META_KEY):
         raise DfqError(f"input name '{cs.input_name}' clashes with a reserved array name")
     with open(tmp, "wb") as f:
-        np.savez(f, **{cs.input_name: cs.images.numpy(), "labels": cs.labels.numpy(),
-                       META_KEY: np.array(json.dumps(_meta(cs, "npz"), default=str))})
+        np.savez(
+            f,
+            **{
+                cs.input_name: cs.images.numpy(),
+                "labels": cs.labels.numpy(),
+                META_KEY: np.array(json.dumps(_meta(cs, "npz"), default=str)),
+            },
+        )
 
 
 def _sidecar(cs: CalibrationSet, fmt: str) -> dict:
     cfg = cs.data_config
-    side = {"format": fmt, "mean": list(cfg.mean), "std": list(cfg.std),
-            "size": list(cs.images.shape[1:]), "layout": "NCHW", "input_name": cs.input_name,
-            "labels": cs.labels.tolist()}
+    side = {
+        "format": fmt,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "size": list(cs.images.shape[1:]),
+        "layout": "NCHW",
+        "input_name": cs.input_name,
+        "labels": cs.labels.tolist(),
+    }
     side["metadata"] = _meta(cs, fmt)
     return side
 
@@ -69,7 +90,7 @@ def _write_png(cs: CalibrationSet, tmp: Path) -> None:
     tmp.mkdir()
     pixels = cs.pixels_uint8().permute(0, 2, 3, 1).numpy()
     width = len(str(max(int(cs.labels.max()) if len(cs) else 0, 1)))
-    for i, (img, label) in enumerate(zip(pixels, cs.labels.tolist())):
+    for i, (img, label) in enumerate(zip(pixels, cs.labels.tolist(), strict=True)):
         folder = tmp / f"{label:0{width}d}"
         folder.mkdir(exist_ok=True)
         img = img.squeeze(-1) if img.shape[-1] == 1 else img

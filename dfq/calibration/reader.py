@@ -1,8 +1,9 @@
 """`CalibrationReader`: a dfq calibration set as onnxruntime's `CalibrationDataReader`.
 
-    from onnxruntime.quantization import quantize_static
-    quantize_static("model.onnx", "model.int8.onnx", CalibrationReader("calib.npz", "input"))
+from onnxruntime.quantization import quantize_static
+quantize_static("model.onnx", "model.int8.onnx", CalibrationReader("calib.npz", "input"))
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ class CalibrationReader(CalibrationDataReader):
     with larger batches.
     """
 
-    def __init__(self, path: str | Path | CalibrationSet, input_name: str | None = None,
-                 batch_size: int = 1) -> None:
+    def __init__(
+        self, path: str | Path | CalibrationSet, input_name: str | None = None, batch_size: int = 1
+    ) -> None:
         if batch_size < 1:
             raise DfqError(f"batch_size must be at least 1, got {batch_size}")
         self.calib = path if isinstance(path, CalibrationSet) else load_calibration(path)

@@ -2,6 +2,7 @@
 
 `group` defines the `main` group; each `*_cmd` module attaches one command to it on import.
 """
+
 from __future__ import annotations
 
 from dfq.cli import evaluate_cmd, export_cmd, models_cmd, quantize_cmd, synthesize_cmd  # noqa: F401

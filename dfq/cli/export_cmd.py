@@ -1,4 +1,5 @@
 """`dfq export`: a quantize output directory (QDQ) or a model name (float) to a checked .onnx."""
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,30 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
 
 @main.command("export")
 @click.argument("target")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The .onnx file to write.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write."
+)
 @model_options
-@click.option("--opset", type=click.IntRange(13, 21), default=13, show_default=True,
-              help="ONNX opset of the file, 13..21 (13: per-channel QDQ, runs on most runtimes).")
-@click.option("--int4", is_flag=True,
-              help="Native INT4 / UINT4 tensors (needs --opset 21; onnxruntime's CPU provider runs "
-                   "them unfused, so slower than the default).")
-@click.option("--calib", type=click.Path(exists=True), default=None,
-              help="Images for the onnxruntime check (default: the calibration set in TARGET, "
-                   "else standard-normal images).")
+@click.option(
+    "--opset",
+    type=click.IntRange(13, 21),
+    default=13,
+    show_default=True,
+    help="ONNX opset of the file, 13..21 (13: per-channel QDQ, runs on most runtimes).",
+)
+@click.option(
+    "--int4",
+    is_flag=True,
+    help="Native INT4 / UINT4 tensors (needs --opset 21; onnxruntime's CPU provider runs "
+    "them unfused, so slower than the default).",
+)
+@click.option(
+    "--calib",
+    type=click.Path(exists=True),
+    default=None,
+    help="Images for the onnxruntime check (default: the calibration set in TARGET, "
+    "else standard-normal images).",
+)
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-PyTorch comparison.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @threads_option
@@ -39,16 +53,18 @@ def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, a
     quantized = Path(target).exists()
     if quantized:
         if weights or pretrained:
-            raise click.UsageError("--weights / --pretrained apply to a model name, not to a "
-                                   "quantize output directory")
+            raise click.UsageError(
+                "--weights / --pretrained apply to a model name, not to a quantize output directory"
+            )
 
         model, data_config = load_quantized(target)
     else:
         model, data_config = open_model(target, weights, pretrained)
     images = _calib_images(calib, Path(target) if quantized else None, data_config)
     if quantized:
-        prepare_for_export(model, images if images is not None
-                           else torch.randn(64, *data_config.input_size))
+        prepare_for_export(
+            model, images if images is not None else torch.randn(64, *data_config.input_size)
+        )
     summary = export_onnx(model, out, cfg, data_config, images, threads=threads())
     if as_json:
         click.echo(json.dumps(summary))
@@ -57,9 +73,11 @@ def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, a
     line = f"wrote {out} ({summary['quantization']}, opset {opset}, {size:.2f} MB)"
     if "check" in summary:
         c = summary["check"]
-        line += (f"; onnxruntime vs PyTorch on {c['images']} images: median deviation "
-                 f"{c['median_max_dev_steps']:.2f} output steps, argmax agreement "
-                 f"{100 * c['argmax_agreement']:.1f}%")
+        line += (
+            f"; onnxruntime vs PyTorch on {c['images']} images: median deviation "
+            f"{c['median_max_dev_steps']:.2f} output steps, argmax agreement "
+            f"{100 * c['argmax_agreement']:.1f}%"
+        )
     click.echo(line)
 
 

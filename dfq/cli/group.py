@@ -3,6 +3,7 @@
 SIGTERM, what batch schedulers send before killing a job, is handled like Ctrl-C: it raises
 `Terminated` (a KeyboardInterrupt) so the atomic writers remove their temporary output.
 """
+
 from __future__ import annotations
 
 import signal
@@ -72,8 +73,14 @@ def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> Non
 
 @click.group(cls=DfqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dfq")
-@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
-              help="Show full Python tracebacks for errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=enable_debug,
+    help="Show full Python tracebacks for errors.",
+)
 def main() -> None:
     """Data-free quantization of image classifiers.
 

@@ -1,4 +1,5 @@
 """`dfq models`: what can be loaded, by source."""
+
 from __future__ import annotations
 
 import click
@@ -24,7 +25,9 @@ def models_cmd(pattern: str | None) -> None:
         click.echo(f"{source} ({len(names)}):")
         for name in names:
             click.echo(f"  {name}")
-    click.echo("custom: package.module:factory (e.g. mymodels:tiny_net --weights w.pth); a TorchScript "
-               "or pickled-model file with --trust-checkpoint")
+    click.echo(
+        "custom: package.module:factory (e.g. mymodels:tiny_net --weights w.pth); a TorchScript "
+        "or pickled-model file with --trust-checkpoint"
+    )
     if not any(found.values()):
         click.echo(f"no model matches '{pattern}'", err=True)

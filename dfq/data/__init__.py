@@ -1,4 +1,5 @@
 """Image data: real images for evaluation and calibration."""
+
 from __future__ import annotations
 
 from dfq.data.images import ImageSet, load_images

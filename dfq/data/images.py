@@ -1,4 +1,5 @@
 """Real images the user has: `.npz` arrays or an ImageFolder directory, checked before use."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ DECODE_WORKERS = min(4, os.cpu_count() or 1)
 class ImageSet:
     """Images (NCHW) with optional labels.
 
-    `x` is uint8 pixels 0..255, float pixels in [0, 1], or (when `normalized`) float tensors already in
-    the model's normalized input space, as dfq's synthetic calibration sets are.
+    `x` is uint8 pixels 0..255, float pixels in [0, 1], or (when `normalized`) float tensors already
+    in the model's normalized input space, as dfq's synthetic calibration sets are.
     """
 
     x: torch.Tensor
@@ -56,10 +57,16 @@ class ImageSet:
             return x.float()
         return cfg.normalize(x.float() / 255.0 if x.dtype == torch.uint8 else x.float())
 
-    def batches(self, cfg: DataConfig, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, cfg: DataConfig, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self), batch_size):
-            y = self.y[i:i + batch_size] if self.y is not None else torch.empty(0, dtype=torch.long)
-            yield self.normalize(self.x[i:i + batch_size], cfg), y
+            y = (
+                self.y[i : i + batch_size]
+                if self.y is not None
+                else torch.empty(0, dtype=torch.long)
+            )
+            yield self.normalize(self.x[i : i + batch_size], cfg), y
 
     def check_fits(self, cfg: DataConfig, num_classes: int | None = None) -> None:
         """Fail with one line if these images cannot feed a model with `cfg` and `num_classes`."""
@@ -117,7 +124,8 @@ def _load_npz(p: Path, limit: int | None) -> ImageSet:
         x = x.astype(np.float32)
         if x.size and (x.min() < -0.01 or x.max() > 1.01):
             raise DfqError(
-                f"{p}: float images must hold pixel values in [0, 1] (got {x.min():.2f}..{x.max():.2f}); "
+                f"{p}: float images must hold pixel values in [0, 1] "
+                f"(got {x.min():.2f}..{x.max():.2f}); "
                 "store uint8 0..255 or scale to [0, 1]"
             )
     return ImageSet(torch.from_numpy(np.ascontiguousarray(x)), y, normalized, str(p))
@@ -125,7 +133,9 @@ def _load_npz(p: Path, limit: int | None) -> ImageSet:
 
 def _to_nchw(x: np.ndarray, p: Path) -> np.ndarray:
     if x.ndim != 4 or len(x) == 0:
-        raise DfqError(f"{p}: images must be a non-empty 4-D array (N, C, H, W), got shape {x.shape}")
+        raise DfqError(
+            f"{p}: images must be a non-empty 4-D array (N, C, H, W), got shape {x.shape}"
+        )
     if x.shape[1] in (1, 3):
         return x
     if x.shape[-1] in (1, 3):
@@ -135,8 +145,12 @@ def _to_nchw(x: np.ndarray, p: Path) -> np.ndarray:
 
 def _load_folder(root: Path, cfg: DataConfig, limit: int | None) -> FolderImageSet:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
         raise DfqError(f"{root}: no images found; expected one sub-folder of images per class")
     return FolderImageSet(files[:limit] if limit else files, cfg, str(root))
@@ -145,14 +159,19 @@ def _load_folder(root: Path, cfg: DataConfig, limit: int | None) -> FolderImageS
 class FolderImageSet(ImageSet):
     """An ImageFolder directory whose images are decoded only when needed, in worker threads.
 
-    `batches` streams, decoding batch k + 1 while the caller runs the model on batch k, so evaluation
-    starts after one batch instead of after the whole folder. `x` decodes every image once, for code
-    that wants all pixels at hand. Either way the pixels, order and labels are those of a serial loop
-    over the files with `_read_image`.
+    `batches` streams, decoding batch k + 1 while the caller runs the model on batch k, so
+    evaluation starts after one batch instead of after the whole folder. `x` decodes every image
+    once, for code that wants all pixels at hand. Either way the pixels, order and labels are those
+    of a serial loop over the files with `_read_image`.
     """
 
-    def __init__(self, files: list[tuple[Path, int]], cfg: DataConfig, source: str,
-                 workers: int = DECODE_WORKERS) -> None:
+    def __init__(
+        self,
+        files: list[tuple[Path, int]],
+        cfg: DataConfig,
+        source: str,
+        workers: int = DECODE_WORKERS,
+    ) -> None:
         self.files = files
         self.cfg = cfg
         self.workers = max(1, workers)
@@ -189,17 +208,22 @@ class FolderImageSet(ImageSet):
             return ImageSet(self._x[:n], self.y[:n], False, self.source)
         return FolderImageSet(self.files[:n], self.cfg, self.source, self.workers)
 
-    def batches(self, cfg: DataConfig, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, cfg: DataConfig, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._x is not None:
             yield from super().batches(cfg, batch_size)
             return
         starts = range(0, len(self), batch_size)
-        for i, x in zip(starts, _decode_ahead(self.files, self.cfg, batch_size, self.workers)):
-            yield self.normalize(torch.from_numpy(x), cfg), self.y[i:i + batch_size]
+        for i, x in zip(
+            starts, _decode_ahead(self.files, self.cfg, batch_size, self.workers), strict=True
+        ):
+            yield self.normalize(torch.from_numpy(x), cfg), self.y[i : i + batch_size]
 
 
-def _decode_ahead(files: list[tuple[Path, int]], cfg: DataConfig, batch_size: int,
-                  workers: int) -> Iterator[np.ndarray]:
+def _decode_ahead(
+    files: list[tuple[Path, int]], cfg: DataConfig, batch_size: int, workers: int
+) -> Iterator[np.ndarray]:
     """Stacked uint8 batches in file order; the next batch decodes while the caller holds this one.
 
     At most two batches are in flight, so memory stays bounded however large the folder.
@@ -208,7 +232,7 @@ def _decode_ahead(files: list[tuple[Path, int]], cfg: DataConfig, batch_size: in
     pending: deque[list[Future]] = deque()
     try:
         for i in range(0, len(files), batch_size):
-            pending.append([pool.submit(_read_image, f, cfg) for f, _ in files[i:i + batch_size]])
+            pending.append([pool.submit(_read_image, f, cfg) for f, _ in files[i : i + batch_size]])
             if len(pending) == 2:
                 yield np.stack([job.result() for job in pending.popleft()])
         while pending:

@@ -1,4 +1,5 @@
 """ONNX export (float and QDQ) and onnxruntime evaluation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,14 @@ ONNX_FILENAME = "model.onnx"
 __all__ = ["ExportConfig", "export_onnx", "export_quantized", "prepare_for_export"]
 
 
-def export_quantized(model: nn.Module, out_dir: str | Path, data_config: DataConfig,
-                     calib: torch.Tensor, cfg: ExportConfig | None = None,
-                     threads: int | None = None) -> dict:
+def export_quantized(
+    model: nn.Module,
+    out_dir: str | Path,
+    data_config: DataConfig,
+    calib: torch.Tensor,
+    cfg: ExportConfig | None = None,
+    threads: int | None = None,
+) -> dict:
     """What `dfq quantize` calls: prepare the model for fused kernels, then write `model.onnx`.
 
     `prepare_for_export` changes the model (output quantizers, int32-grid biases), so call this
@@ -26,7 +32,6 @@ def export_quantized(model: nn.Module, out_dir: str | Path, data_config: DataCon
     then agree. `calib` are normalized calibration images (the synthetic set).
     """
     added = prepare_for_export(model, calib, tuple(data_config.input_size))
-    summary = export_onnx(model, Path(out_dir) / ONNX_FILENAME, cfg, data_config, calib,
-                          threads)
+    summary = export_onnx(model, Path(out_dir) / ONNX_FILENAME, cfg, data_config, calib, threads)
     summary["quantizers_added"] = added
     return summary

@@ -3,12 +3,13 @@
 The optimized onnxruntime graph runs integer kernels whose requantization rounds a product of scales
 once, where PyTorch rounds a float convolution: at near-ties a code moves by one step, and that step
 propagates. So the check is stated in output steps, as Brevitas does: the logits' "step" is the grid
-an 8-bit per-tensor quantizer would put on them (range / 255). It decides by the worst cases, not the
-typical image: nearly every image must stay within `tolerance` steps and keep its argmax.
+an 8-bit per-tensor quantizer would put on them (range / 255). It decides by the worst cases, not
+the typical image: nearly every image must stay within `tolerance` steps and keep its argmax.
 
 When it fails, the message names the first quantizer output (an activation DequantizeLinear node)
 that already disagrees with PyTorch, found by an unoptimized onnxruntime run that exposes them all.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,14 +39,16 @@ def output_step(logits: torch.Tensor) -> float:
     return float(logits.max() - logits.min()) / 255 or 1.0
 
 
-def _per_image(reference: torch.Tensor, got: torch.Tensor, step: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_image(
+    reference: torch.Tensor, got: torch.Tensor, step: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's largest deviation in steps (NaN stays NaN) and whether its argmax agrees."""
     return ((got - reference).abs() / step).amax(dim=1), got.argmax(1) == reference.argmax(1)
 
 
-def compare(reference: torch.Tensor, got: torch.Tensor, step: float,
-            tolerance: float = 1.0) -> dict:
+def compare(
+    reference: torch.Tensor, got: torch.Tensor, step: float, tolerance: float = 1.0
+) -> dict:
     """Deviation statistics in units of `step`, and argmax agreement."""
     dev, agree = _per_image(reference, got, step)
     return {
@@ -61,11 +64,13 @@ def compare(reference: torch.Tensor, got: torch.Tensor, step: float,
 def _recorder(outs: list[torch.Tensor]):
     def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
         outs.append(out.detach().float().clone())  # later in-place ops must not reach it
+
     return hook
 
 
-def _torch_outputs(model: nn.Module, images: torch.Tensor, tags: list[str] | None = None
-                   ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+def _torch_outputs(
+    model: nn.Module, images: torch.Tensor, tags: list[str] | None = None
+) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
     """Logits in eval mode, and every output of the modules named `tags`, call by call."""
     seen: dict[str, list[torch.Tensor]] = {t: [] for t in tags or []}
     handles = []
@@ -93,7 +98,7 @@ def _activation_dqs(proto: onnx.ModelProto, model: nn.Module) -> list[tuple[onnx
     for node in proto.graph.node:
         if node.op_type != "DequantizeLinear" or not node.name.endswith("/DQ"):
             continue
-        tag = node.name[:-len("/DQ")]
+        tag = node.name[: -len("/DQ")]
         try:
             q = model.get_submodule(tag)
         except AttributeError:  # the model no longer has that module: nothing to compare with
@@ -108,8 +113,9 @@ def _with_outputs(proto: onnx.ModelProto, names: list[str], tmp: Path) -> ort.In
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     present = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                             for n in names if n not in present)
+    copy.graph.output.extend(
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in present
+    )
     path = tmp / "diagnose.onnx"
     onnx.save(copy, str(path))
     opts = session_options()
@@ -123,8 +129,9 @@ def _off_share(ref: torch.Tensor, got: np.ndarray, step: torch.Tensor) -> float:
     return float((~(dev <= ONE_STEP)).float().mean())
 
 
-def _node_step(q: Quantizer, ref: torch.Tensor, node: onnx.NodeProto,
-               inits: dict[str, np.ndarray]) -> torch.Tensor:
+def _node_step(
+    q: Quantizer, ref: torch.Tensor, node: onnx.NodeProto, inits: dict[str, np.ndarray]
+) -> torch.Tensor:
     """The quantizer's step, or the graph's own DQ scale where that is finer.
 
     They are equal in a faithful export; where they differ, the finer grid is the one on which a
@@ -138,15 +145,16 @@ def _node_step(q: Quantizer, ref: torch.Tensor, node: onnx.NodeProto,
     return step
 
 
-def first_diverging_node(model: nn.Module, path: str | Path, images: torch.Tensor,
-                         tolerance: float = 1.0) -> str:
+def first_diverging_node(
+    model: nn.Module, path: str | Path, images: torch.Tensor, tolerance: float = 1.0
+) -> str:
     """Where onnxruntime and PyTorch part ways, as a phrase for the failure message.
 
     Each activation DequantizeLinear output of the exported graph is compared, in graph order, with
     the output of the PyTorch quantizer it lowers, in that quantizer's steps (see `_node_step`); the
-    first one with more than `NODE_OFF_SHARE` of its values off by more than one step is named. The run is unoptimized,
-    so when none diverges and its logits agree (within `tolerance` output steps), the fused
-    integer kernels are the cause.
+    first one with more than `NODE_OFF_SHARE` of its values off by more than one step is named. The
+    run is unoptimized, so when none diverges and its logits agree (within `tolerance` output
+    steps), the fused integer kernels are the cause.
     """
     proto = onnx.load(str(path))
     dqs = _activation_dqs(proto, model)
@@ -155,8 +163,11 @@ def first_diverging_node(model: nn.Module, path: str | Path, images: torch.Tenso
         sess = _with_outputs(proto, [n.output[0] for n, _ in dqs], Path(tmp))
         names = [OUTPUT_NAME] + [n.output[0] for n, _ in dqs]
         got = sess.run(names, {INPUT_NAME: images.detach().float().cpu().numpy()})
-    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
-             if t.name in {n.input[1] for n, _ in dqs}}
+    inits = {
+        t.name: numpy_helper.to_array(t)
+        for t in proto.graph.initializer
+        if t.name in {n.input[1] for n, _ in dqs}
+    }
     calls: dict[str, int] = {}
     for (node, tag), value in zip(dqs, got[1:], strict=True):
         k = calls[tag] = calls.get(tag, -1) + 1
@@ -165,18 +176,30 @@ def first_diverging_node(model: nn.Module, path: str | Path, images: torch.Tenso
         ref = seen[tag][k]
         share = _off_share(ref, value, _node_step(model.get_submodule(tag), ref, node, inits))
         if share > NODE_OFF_SHARE:
-            return (f"first diverging node: {node.name} ({node.op_type}), {100 * share:.1f}% of "
-                    f"its values off by more than one step")
+            return (
+                f"first diverging node: {node.name} ({node.op_type}), {100 * share:.1f}% of "
+                f"its values off by more than one step"
+            )
     dev, agree = _per_image(reference, torch.from_numpy(got[0]).float(), output_step(reference))
     if bool((dev <= tolerance).all() and agree.all()):
-        return (f"no quantizer output of {len(dqs)} diverges and the unoptimized graph agrees: "
-                f"the divergence appears only after onnxruntime's fused integer kernels")
-    return (f"no quantizer output of {len(dqs)} diverges but the unoptimized graph's logits do: "
-            f"the divergence comes after the last quantizer")
+        return (
+            f"no quantizer output of {len(dqs)} diverges and the unoptimized graph agrees: "
+            f"the divergence appears only after onnxruntime's fused integer kernels"
+        )
+    return (
+        f"no quantizer output of {len(dqs)} diverges but the unoptimized graph's logits do: "
+        f"the divergence comes after the last quantizer"
+    )
 
 
-def runtime_spread(path: str | Path, images: torch.Tensor, fused: torch.Tensor, step: float,
-                   share: float, threads: int | None = None) -> float:
+def runtime_spread(
+    path: str | Path,
+    images: torch.Tensor,
+    fused: torch.Tensor,
+    step: float,
+    share: float,
+    threads: int | None = None,
+) -> float:
     """How far onnxruntime's fused integer kernels stray from its own reference (unoptimized)
     execution of the same graph, in output steps: the deviation that `share` of the images stay
     within. Two correct executions of one QDQ graph differ where a value sits at a rounding tie
@@ -189,22 +212,30 @@ def runtime_spread(path: str | Path, images: torch.Tensor, fused: torch.Tensor, 
 
 
 @torch.no_grad()
-def torch_spread(model: nn.Module, images: torch.Tensor, logits: torch.Tensor, step: float,
-                 share: float) -> float:
-    """How far PyTorch's float32 fake-quant model strays from the same model in float64, in
-    output steps (the deviation `share` of the images stay within): its own rounding noise."""
-    exact = copy.deepcopy(model).double().eval()
-    dev, _ = _per_image(exact(images.double()).float(), logits, step)
+def torch_spread(
+    model: nn.Module, images: torch.Tensor, logits: torch.Tensor, step: float, share: float
+) -> float:
+    """How far PyTorch's fake-quant model strays from itself when only its summation order
+    changes (channels-last memory format, other convolution kernels), in output steps (the
+    deviation `share` of the images stay within): its own float32 rounding noise."""
+    other = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    moved = other(images.float().contiguous(memory_format=torch.channels_last)).float()
+    dev, _ = _per_image(moved, logits, step)
     return float(torch.quantile(dev.nan_to_num(float("inf")), share))
 
 
-def check_against_torch(model: nn.Module, path: str | Path, images: torch.Tensor,
-                        cfg: ExportConfig, threads: int | None = None) -> dict:
+def check_against_torch(
+    model: nn.Module,
+    path: str | Path,
+    images: torch.Tensor,
+    cfg: ExportConfig,
+    threads: int | None = None,
+) -> dict:
     """Run both on `images`; raise DfqFailure unless nearly all images agree (see ExportConfig).
 
     Passing needs `cfg.min_agreement` of the images to keep their argmax and `cfg.min_within` of
     them to deviate by at most the allowed number of output steps: `cfg.tolerance` plus the two
-    implementations' own arithmetic noise, PyTorch's (float32 against float64, `torch_spread`)
+    implementations' own arithmetic noise, PyTorch's (another summation order, `torch_spread`)
     and onnxruntime's (fused kernels against its reference execution, `runtime_spread`). A tie
     that rounds one way in one and the other way in the other moves a code by one step, and later
     layers amplify it; a broken layer moves far more. The failure names where PyTorch and
@@ -222,8 +253,12 @@ def check_against_torch(model: nn.Module, path: str | Path, images: torch.Tensor
     dev, agree = _per_image(reference, got, step)
     ok_dev = dev <= allowed  # NaN compares False
     agreement, within = float(agree.float().mean()), float(ok_dev.float().mean())
-    stats.update(runtime_spread_steps=round(spread, 4), torch_spread_steps=round(own, 4),
-                 allowed_steps=round(allowed, 4), within_allowed=round(within, 4))
+    stats.update(
+        runtime_spread_steps=round(spread, 4),
+        torch_spread_steps=round(own, 4),
+        allowed_steps=round(allowed, 4),
+        within_allowed=round(within, 4),
+    )
     if agreement >= cfg.min_agreement and within >= cfg.min_within:
         return stats
     order = torch.argsort((ok_dev & agree).int(), stable=True)  # failing images first

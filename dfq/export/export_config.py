@@ -1,4 +1,5 @@
 """What an ONNX export writes: opset, 4-bit container, and how strictly the result is checked."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class ExportConfig:
         if not MIN_OPSET <= self.opset <= INT4_OPSET:
             raise DfqError(f"opset must be in {MIN_OPSET}..{INT4_OPSET}, got {self.opset}")
         if self.int4 and self.opset < INT4_OPSET:
-            raise DfqError(f"native INT4 needs opset {INT4_OPSET} (got --opset {self.opset}); "
-                           f"pass --opset {INT4_OPSET} or drop --int4")
+            raise DfqError(
+                f"native INT4 needs opset {INT4_OPSET} (got --opset {self.opset}); "
+                f"pass --opset {INT4_OPSET} or drop --int4"
+            )
         if self.check_images < 1:
             raise DfqError(f"check_images must be at least 1, got {self.check_images}")
         if self.tolerance <= 0:

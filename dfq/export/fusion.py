@@ -13,6 +13,7 @@ quantizer, so its Add still fuses into QLinearAdd.
 The PyTorch model applies all of these too, so the fake-quant model and the ONNX graph compute the
 same thing.
 """
+
 from __future__ import annotations
 
 import onnx
@@ -132,7 +133,7 @@ def snap_biases(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
 def bias_scale(s_in: torch.Tensor, s_w: torch.Tensor, min_scale: float) -> torch.Tensor:
     """The int32 bias step of a layer, float32 as the exporter writes it."""
     s_in = s_in.detach().float().clamp_min(min_scale).reshape(())
-    return (s_in * s_w.detach().float().clamp_min(min_scale).reshape(-1))
+    return s_in * s_w.detach().float().clamp_min(min_scale).reshape(-1)
 
 
 @torch.no_grad()
@@ -145,11 +146,16 @@ def unconsumed_block_outputs(model: nn.Module, example: torch.Tensor) -> dict[st
     blocks = attached_quantizers(model, "input")
     outputs: dict[str, torch.Tensor] = {}
     consumed: list[torch.Tensor] = []
-    handles = [q.register_forward_pre_hook(lambda _m, inp: consumed.append(inp[0]))
-               for q in all_quantizers(model)]
+    handles = [
+        q.register_forward_pre_hook(lambda _m, inp: consumed.append(inp[0]))
+        for q in all_quantizers(model)
+    ]
     for name in blocks:
-        handles.append(model.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: outputs.__setitem__(name, out)))
+        handles.append(
+            model.get_submodule(name).register_forward_hook(
+                lambda _m, _i, out, name=name: outputs.__setitem__(name, out)
+            )
+        )
     was_training = model.training
     model.eval()
     try:
@@ -158,14 +164,20 @@ def unconsumed_block_outputs(model: nn.Module, example: torch.Tensor) -> dict[st
         model.train(was_training)
         for h in handles:
             h.remove()
-    return {name: bool(out.min() < 0) for name, out in outputs.items()
-            if isinstance(out, torch.Tensor) and not any(out is c for c in consumed)}
+    return {
+        name: bool(out.min() < 0)
+        for name, out in outputs.items()
+        if isinstance(out, torch.Tensor) and not any(out is c for c in consumed)
+    }
 
 
 @torch.no_grad()
-def prepare_for_export(model: nn.Module, calib: torch.Tensor,
-                       input_size: tuple[int, ...] | None = None,
-                       batch_size: int = 64) -> list[str]:
+def prepare_for_export(
+    model: nn.Module,
+    calib: torch.Tensor,
+    input_size: tuple[int, ...] | None = None,
+    batch_size: int = 64,
+) -> list[str]:
     """Attach and calibrate 8-bit output quantizers where onnxruntime needs a QuantizeLinear to
     fuse (convs feeding an Add or pooling; residual blocks whose output feeds no quantizer), then
     snap the biases to their int32 grid.
@@ -175,17 +187,24 @@ def prepare_for_export(model: nn.Module, calib: torch.Tensor,
     """
     input_size = input_size or tuple(calib.shape[1:])
     need = unfused_layers(model, input_size)
-    blocks = {name: signed for name, signed in
-              unconsumed_block_outputs(model, calib[:2].float()).items()
-              if name not in attached_quantizers(model, "output")}
+    blocks = {
+        name: signed
+        for name, signed in unconsumed_block_outputs(model, calib[:2].float()).items()
+        if name not in attached_quantizers(model, "output")
+    }
     if need or blocks:
         _attach_output_quantizers(model, need, blocks, calib, batch_size)
     snap_biases(model, input_size)
     return list(need) + list(blocks)
 
 
-def _attach_output_quantizers(model: nn.Module, layers: dict[str, bool], blocks: dict[str, bool],
-                              calib: torch.Tensor, batch_size: int) -> None:
+def _attach_output_quantizers(
+    model: nn.Module,
+    layers: dict[str, bool],
+    blocks: dict[str, bool],
+    calib: torch.Tensor,
+    batch_size: int,
+) -> None:
     names = list(layers) + list(blocks)
     _, stats = observe(model, [], list(calib.split(batch_size)), names)
     for name, signed in layers.items():
@@ -193,8 +212,9 @@ def _attach_output_quantizers(model: nn.Module, layers: dict[str, bool], blocks:
         layer.output_quantizer = _calibrated(signed, stats[name], layer.weight.device)
     for name, signed in blocks.items():
         device = next(model.parameters()).device
-        attach_quantizer(model.get_submodule(name), _calibrated(signed, stats[name], device),
-                         "output")
+        attach_quantizer(
+            model.get_submodule(name), _calibrated(signed, stats[name], device), "output"
+        )
 
 
 def _calibrated(signed: bool, stats: InputStats, device: torch.device) -> Quantizer:

@@ -2,6 +2,7 @@
 
 `export_onnx` stamps it; `dfq.export.runtime` reads it back (`dfq evaluate model.onnx`).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ def stamp(proto: onnx.ModelProto, opset: int, data_config: DataConfig, quantizat
     if opset >= 21:
         proto.ir_version = max(proto.ir_version, 10)
     proto.producer_name, proto.producer_version = "dfq", __version__
-    meta = {META_DATA_CONFIG: json.dumps(data_config.to_dict()), META_VERSION: __version__,
-            META_QUANT: quantization}
+    meta = {
+        META_DATA_CONFIG: json.dumps(data_config.to_dict()),
+        META_VERSION: __version__,
+        META_QUANT: quantization,
+    }
     helper.set_model_props(proto, meta)
 
 
@@ -44,10 +48,13 @@ def describe(found: dict[str, nn.Module]) -> str:
 def read_data_config(meta: dict[str, str], source: str) -> DataConfig:
     """The DataConfig stored at export; a clear error for ONNX files dfq did not write."""
     if META_DATA_CONFIG not in meta:
-        raise DfqError(f"{source} has no dfq preprocessing metadata (mean, std, input size); "
-                       "re-export it with `dfq export`")
+        raise DfqError(
+            f"{source} has no dfq preprocessing metadata (mean, std, input size); "
+            "re-export it with `dfq export`"
+        )
     try:
         return DataConfig.from_dict(json.loads(meta[META_DATA_CONFIG]))
     except (ValueError, TypeError) as e:
-        raise DfqError(f"{source}: unreadable dfq metadata ({e}); "
-                       "re-export it with `dfq export`") from None
+        raise DfqError(
+            f"{source}: unreadable dfq metadata ({e}); re-export it with `dfq export`"
+        ) from None

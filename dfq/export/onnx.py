@@ -3,6 +3,7 @@
 The file stores the model's DataConfig in `metadata_props`, so `dfq evaluate model.onnx` knows the
 mean, std and input size without the PyTorch model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,11 +55,18 @@ def export_onnx(
         raise DfqFailure(f"the exported graph fails onnx.checker: {first}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
-    summary = {"path": str(path), "bytes": path.stat().st_size, "opset": cfg.opset,
-               "quantizers": len(found), "quantization": describe(found)}
+    summary = {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "opset": cfg.opset,
+        "quantizers": len(found),
+        "quantization": describe(found),
+    }
     if cfg.check:
-        images = calib if calib is not None else torch.randn(cfg.check_images,
-                                                               *data_config.input_size)
-        summary["check"] = check_against_torch(model, path, images[:cfg.check_images], cfg,
-                                               threads)
+        images = (
+            calib if calib is not None else torch.randn(cfg.check_images, *data_config.input_size)
+        )
+        summary["check"] = check_against_torch(
+            model, path, images[: cfg.check_images], cfg, threads
+        )
     return summary

@@ -3,6 +3,7 @@
 The preprocessing comes from the file itself (`dfq.data_config` metadata written at export), so an
 .onnx is evaluated the way it will be deployed, without the PyTorch model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,9 +20,16 @@ from dfq.export.runtime import (
 )
 
 
-def evaluate_onnx(path: str | Path, data: str | Path, providers: list[str] | None = None,
-                  batch_size: int = 256, limit: int | None = None, latency: bool = False,
-                  show_progress: bool = True, threads: int | None = None) -> dict:
+def evaluate_onnx(
+    path: str | Path,
+    data: str | Path,
+    providers: list[str] | None = None,
+    batch_size: int = 256,
+    limit: int | None = None,
+    latency: bool = False,
+    show_progress: bool = True,
+    threads: int | None = None,
+) -> dict:
     """Top-1 / top-5 of `path` on `data`; `latency` adds batch-1 p50 / p90 ms, batch-32 images/s.
 
     `threads` caps onnxruntime's intra-op threads (default: one per core), for shared machines.
@@ -34,11 +42,14 @@ def evaluate_onnx(path: str | Path, data: str | Path, providers: list[str] | Non
     images = load_images(data, cfg, limit=limit)
     have, want = images.image_shape, tuple(cfg.input_size)
     if have != want:
-        raise DfqError(f"{data}: images are {'x'.join(map(str, have))} but {path} expects "
-                       f"{'x'.join(map(str, want))}; resize the data or export at that size")
+        raise DfqError(
+            f"{data}: images are {'x'.join(map(str, have))} but {path} expects "
+            f"{'x'.join(map(str, want))}; resize the data or export at that size"
+        )
     images.check_fits(cfg, cfg.num_classes)
-    result = evaluate(onnx_predictor(session), images, cfg, batch_size=batch_size,
-                      show_progress=show_progress)
+    result = evaluate(
+        onnx_predictor(session), images, cfg, batch_size=batch_size, show_progress=show_progress
+    )
     result["providers"] = session.get_providers()
     if latency:
         result.update(latency_report(session, tuple(cfg.input_size)))

@@ -12,6 +12,7 @@ and output Q types match and every input, bias included, comes from a Dequantize
 With `int4`, 4-bit tensors use the native INT4 / UINT4 types of opset 21 instead (no CPU kernel
 fuses them).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -86,6 +87,7 @@ def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: boo
         grids[dst] = grid
     del graph.g.node[:]
     graph.g.node.extend(new_nodes)
+    _requantize_after_pads(graph)
     _quantize_biases(graph)
     graph.drop_unused_initializers()
     keep = [o for o in model.opset_import if o.domain != MARKER_DOMAIN]
@@ -93,30 +95,39 @@ def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: boo
     model.opset_import.extend(keep)
 
 
-def _weight_nodes(graph: _Graph, tag: str, q: nn.Module, src: str, dst: str, int4: bool
-                  ) -> list[onnx.NodeProto]:
+def _weight_nodes(
+    graph: _Graph, tag: str, q: nn.Module, src: str, dst: str, int4: bool
+) -> list[onnx.NodeProto]:
     """A constant weight becomes integer codes plus one (per-axis) DequantizeLinear."""
     w = torch.from_numpy(numpy_helper.to_array(graph.inits[src]).copy())
     if q.bits > 8:
-        raise DfqError(f"{tag}: {q.bits}-bit weights do not fit the int8 QDQ format; "
-                       "use 8 bits or fewer")
+        raise DfqError(
+            f"{tag}: {q.bits}-bit weights do not fit the int8 QDQ format; use 8 bits or fewer"
+        )
     with torch.no_grad():
         codes = q.integer(w).numpy().astype(np.int8 if q.signed else np.uint8)
     scale = _scale(q)
     native = int4 and q.bits <= 4
-    wtype = (TensorProto.INT4 if q.signed else TensorProto.UINT4) if native else (
-        TensorProto.INT8 if q.signed else TensorProto.UINT8)
+    wtype = (
+        (TensorProto.INT4 if q.signed else TensorProto.UINT4)
+        if native
+        else (TensorProto.INT8 if q.signed else TensorProto.UINT8)
+    )
     zp = np.zeros(scale.shape, np.int8 if q.signed else np.uint8)
-    names = [graph.const(f"{tag}.codes", codes, wtype if native else None),
-             graph.const(f"{tag}.scale", scale),
-             graph.const(f"{tag}.zero_point", zp, wtype if native else None)]
+    names = [
+        graph.const(f"{tag}.codes", codes, wtype if native else None),
+        graph.const(f"{tag}.scale", scale),
+        graph.const(f"{tag}.zero_point", zp, wtype if native else None),
+    ]
     attrs = {"axis": q.channel_axis} if q.channel_axis is not None else {}
-    return [helper.make_node("DequantizeLinear", names, [dst], name=f"{tag}/DequantizeLinear",
-                             **attrs)]
+    return [
+        helper.make_node("DequantizeLinear", names, [dst], name=f"{tag}/DequantizeLinear", **attrs)
+    ]
 
 
-def _activation_nodes(graph: _Graph, tag: str, q: nn.Module, src: str, dst: str, int4: bool
-                      ) -> list[onnx.NodeProto]:
+def _activation_nodes(
+    graph: _Graph, tag: str, q: nn.Module, src: str, dst: str, int4: bool
+) -> list[onnx.NodeProto]:
     """Per-tensor Q -> DQ (plus Clip -> Q -> DQ for grids narrower than their 8-bit container)."""
     if q.channel_axis is not None:
         raise DfqError(f"{tag}: per-channel activation quantizers cannot run on QLinearConv")
@@ -126,23 +137,95 @@ def _activation_nodes(graph: _Graph, tag: str, q: nn.Module, src: str, dst: str,
     if int4 and q.bits <= 4:
         dtype = TensorProto.INT4 if q.signed else TensorProto.UINT4
         zp = graph.const(f"{tag}.zero_point", np.zeros((), np.int8), dtype)
-        return [helper.make_node("QuantizeLinear", [src, s, zp], [f"{tag}.q"], name=f"{tag}/Q"),
-                helper.make_node("DequantizeLinear", [f"{tag}.q", s, zp], [dst], name=f"{tag}/DQ")]
+        return [
+            helper.make_node("QuantizeLinear", [src, s, zp], [f"{tag}.q"], name=f"{tag}/Q"),
+            helper.make_node("DequantizeLinear", [f"{tag}.q", s, zp], [dst], name=f"{tag}/DQ"),
+        ]
     zp = graph.const(f"{tag}.zero_point", np.array(U8_SIGNED_ZP if q.signed else 0, np.uint8))
     if q.bits == 8:
-        return [helper.make_node("QuantizeLinear", [src, s, zp], [f"{tag}.q"], name=f"{tag}/Q"),
-                helper.make_node("DequantizeLinear", [f"{tag}.q", s, zp], [dst], name=f"{tag}/DQ")]
+        return [
+            helper.make_node("QuantizeLinear", [src, s, zp], [f"{tag}.q"], name=f"{tag}/Q"),
+            helper.make_node("DequantizeLinear", [f"{tag}.q", s, zp], [dst], name=f"{tag}/DQ"),
+        ]
     step = float(_scale(q).reshape(()))
     lo = graph.const(f"{tag}.clip_min", np.array(q.qmin * step, np.float32))
     hi = graph.const(f"{tag}.clip_max", np.array(q.qmax * step, np.float32))
     return [
         helper.make_node("QuantizeLinear", [src, s, zp], [f"{tag}.q8"], name=f"{tag}/Q8"),
-        helper.make_node("DequantizeLinear", [f"{tag}.q8", s, zp], [f"{tag}.dq8"],
-                         name=f"{tag}/DQ8"),
+        helper.make_node(
+            "DequantizeLinear", [f"{tag}.q8", s, zp], [f"{tag}.dq8"], name=f"{tag}/DQ8"
+        ),
         helper.make_node("Clip", [f"{tag}.dq8", lo, hi], [f"{tag}.clip"], name=f"{tag}/Clip"),
         helper.make_node("QuantizeLinear", [f"{tag}.clip", s, zp], [f"{tag}.q"], name=f"{tag}/Q"),
         helper.make_node("DequantizeLinear", [f"{tag}.q", s, zp], [dst], name=f"{tag}/DQ"),
     ]
+
+
+SHAPE_OPS = ("Slice", "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _requantize_after_pads(graph: _Graph) -> None:
+    """A zero Pad between a DequantizeLinear and an Add or Conv (an option-A shortcut, a TF-"same"
+    convolution) gets a Q -> DQ pair on the same grid after it: exact (zeros and the values it
+    keeps are on that grid), and the Add / Conv then reads a DequantizeLinear, so onnxruntime
+    fuses it into QLinearAdd / QLinearConv instead of running it in float."""
+    producers = {o: n for n in graph.g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: list[onnx.NodeProto] = []
+    for node in graph.g.node:
+        out.append(node)
+        dq = (
+            _dq_before(node, producers)
+            if node.op_type == "Pad" and _zero_pad(node, graph)
+            else None
+        )
+        users = consumers.get(node.output[0], [])
+        if dq is None or not any(u.op_type in ("Add", "Conv") for u in users):
+            continue
+        scale, zp = dq.input[1], dq.input[2] if len(dq.input) > 2 else ""
+        q_out, dq_out = f"{node.name}/requantized.q", f"{node.name}/requantized"
+        out += [
+            helper.make_node(
+                "QuantizeLinear", [node.output[0], scale, zp], [q_out], name=f"{node.name}/Q"
+            ),
+            helper.make_node(
+                "DequantizeLinear", [q_out, scale, zp], [dq_out], name=f"{node.name}/DQ"
+            ),
+        ]
+        for user in users:
+            for k, name in enumerate(user.input):
+                if name == node.output[0]:
+                    user.input[k] = dq_out
+    del graph.g.node[:]
+    graph.g.node.extend(out)
+
+
+def _dq_before(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The per-tensor activation DequantizeLinear `node` reads through shape-only ops, if any."""
+    src = producers.get(node.input[0])
+    while src is not None and src.op_type in SHAPE_OPS:
+        src = producers.get(src.input[0])
+    if (
+        src is None
+        or src.op_type != "DequantizeLinear"
+        or any(a.name == "axis" for a in src.attribute)
+    ):
+        return None
+    return src
+
+
+def _zero_pad(node: onnx.NodeProto, graph: _Graph) -> bool:
+    """A constant-mode Pad whose fill value is 0 (or absent)."""
+    mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "constant")
+    if mode != "constant":
+        return False
+    if len(node.input) > 2 and node.input[2]:
+        value = graph.inits.get(node.input[2])
+        return value is not None and float(numpy_helper.to_array(value).reshape(-1)[0]) == 0.0
+    return True
 
 
 def _quantize_biases(graph: _Graph) -> None:
@@ -156,8 +239,12 @@ def _quantize_biases(graph: _Graph) -> None:
         while dq_x is not None and dq_x.op_type == "Pad":  # zero padding stays on the grid
             dq_x = producers.get(dq_x.input[0])
         bias = node.input[2]
-        if not (dq_x and dq_w and dq_x.op_type == dq_w.op_type == "DequantizeLinear"
-                and bias in graph.inits):
+        if not (
+            dq_x
+            and dq_w
+            and dq_x.op_type == dq_w.op_type == "DequantizeLinear"
+            and bias in graph.inits
+        ):
             continue
         s_x = numpy_helper.to_array(graph.inits[dq_x.input[1]])
         s_w = numpy_helper.to_array(graph.inits[dq_w.input[1]])
@@ -165,14 +252,21 @@ def _quantize_biases(graph: _Graph) -> None:
             continue
         b = numpy_helper.to_array(graph.inits[bias]).astype(np.float32)
         # float32 as `fusion.snap_biases` computes it, so a snapped bias maps to exact codes
-        s_b = np.broadcast_to(np.float32(s_x.reshape(())) * s_w.reshape(-1).astype(np.float32),
-                              b.shape).astype(np.float32)
+        s_b = np.broadcast_to(
+            np.float32(s_x.reshape(())) * s_w.reshape(-1).astype(np.float32), b.shape
+        ).astype(np.float32)
         codes = np.clip(np.round(b / s_b), -(2**31 - 1), 2**31 - 1).astype(np.int32)
-        names = [graph.const(f"{bias}.codes", codes), graph.const(f"{bias}.scale", s_b),
-                 graph.const(f"{bias}.zero_point", np.zeros(b.shape, np.int32))]
+        names = [
+            graph.const(f"{bias}.codes", codes),
+            graph.const(f"{bias}.scale", s_b),
+            graph.const(f"{bias}.zero_point", np.zeros(b.shape, np.int32)),
+        ]
         out = f"{bias}.dq"
-        extra.append(helper.make_node("DequantizeLinear", names, [out],
-                                      name=f"{bias}/DequantizeLinear", axis=0))
+        extra.append(
+            helper.make_node(
+                "DequantizeLinear", names, [out], name=f"{bias}/DequantizeLinear", axis=0
+            )
+        )
         node.input[2] = out
     # DequantizeLinear nodes of constants can go first: the graph stays topologically sorted.
     nodes = extra + list(graph.g.node)

@@ -1,4 +1,5 @@
 """onnxruntime sessions: open with a clear error, predict, count fused kernels, measure latency."""
+
 from __future__ import annotations
 
 import collections
@@ -20,8 +21,9 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 
 
-def session_options(threads: int | None = None, optimized_path: str | Path | None = None,
-                    profile: bool = False) -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, optimized_path: str | Path | None = None, profile: bool = False
+) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -34,16 +36,21 @@ def session_options(threads: int | None = None, optimized_path: str | Path | Non
     return opts
 
 
-def open_session(path: str | Path, providers: tuple[str, ...] | list[str] | None = None,
-                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+def open_session(
+    path: str | Path,
+    providers: tuple[str, ...] | list[str] | None = None,
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
     """An InferenceSession; a missing / non-ONNX file or an unknown provider raises DfqError."""
     path = Path(path)
     providers = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
     unknown = [p for p in providers if p not in available]
     if unknown:
-        raise DfqError(f"unknown execution provider {', '.join(unknown)}; "
-                       f"available here: {', '.join(available)}")
+        raise DfqError(
+            f"unknown execution provider {', '.join(unknown)}; "
+            f"available here: {', '.join(available)}"
+        )
     if not path.is_file():
         raise DfqError(f"ONNX file not found: {path}")
     try:
@@ -86,8 +93,14 @@ def integer_conv_count(counts: collections.Counter) -> int:
     return sum(counts[op] for op in INTEGER_CONVS)
 
 
-def latency(session: ort.InferenceSession, input_size: tuple[int, ...], batch: int,
-            seconds: float = 2.0, min_runs: int = 10, warmup: int = 3) -> list[float]:
+def latency(
+    session: ort.InferenceSession,
+    input_size: tuple[int, ...],
+    batch: int,
+    seconds: float = 2.0,
+    min_runs: int = 10,
+    warmup: int = 3,
+) -> list[float]:
     """Wall times (ms) of single runs on a random batch, for `seconds` and at least `min_runs`."""
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *input_size)).astype(np.float32)
@@ -102,11 +115,14 @@ def latency(session: ort.InferenceSession, input_size: tuple[int, ...], batch: i
     return times
 
 
-def latency_report(session: ort.InferenceSession, input_size: tuple[int, ...],
-                   seconds: float = 2.0) -> dict:
+def latency_report(
+    session: ort.InferenceSession, input_size: tuple[int, ...], seconds: float = 2.0
+) -> dict:
     """Batch-1 p50 / p90 latency (ms) and batch-32 throughput (images/s)."""
     one = np.array(latency(session, input_size, 1, seconds))
     big = np.array(latency(session, input_size, 32, seconds, min_runs=3))
-    return {"latency_ms_p50": round(float(np.percentile(one, 50)), 3),
-            "latency_ms_p90": round(float(np.percentile(one, 90)), 3),
-            "throughput_b32": round(float(32 * 1e3 / np.median(big)), 1)}
+    return {
+        "latency_ms_p50": round(float(np.percentile(one, 50)), 3),
+        "latency_ms_p90": round(float(np.percentile(one, 90)), 3),
+        "throughput_b32": round(float(32 * 1e3 / np.median(big)), 1),
+    }

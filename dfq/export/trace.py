@@ -5,6 +5,7 @@ opaque `dfq::Quant` node tagged with the quantizer's module name; `dfq.export.qd
 marker to QuantizeLinear / DequantizeLinear. Markers sit exactly where PyTorch applies the
 quantizer, so the ONNX graph computes what the fake-quant model computes, whatever the architecture.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,7 @@ class _Marker(torch.autograd.Function):
 
 def quantizers(model: nn.Module) -> dict[str, nn.Module]:
     """Enabled quantizers by module name (disabled ones are identities and export as nothing)."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, Quantizer) and m.enabled}
+    return {name: m for name, m in model.named_modules() if isinstance(m, Quantizer) and m.enabled}
 
 
 def _mark(tag: str, x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +66,9 @@ def _marked(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
             del q.forward
 
 
-def trace_graph(model: nn.Module, input_size: tuple[int, ...], opset: int
-                ) -> tuple[onnx.ModelProto, dict[str, nn.Module]]:
+def trace_graph(
+    model: nn.Module, input_size: tuple[int, ...], opset: int
+) -> tuple[onnx.ModelProto, dict[str, nn.Module]]:
     """Export `model` (eval mode, CPU) to an in-memory ONNX model with a dynamic batch axis.
 
     Returns the graph, still holding `dfq::Quant` markers, and the quantizers they name.
@@ -80,10 +81,16 @@ def trace_graph(model: nn.Module, input_size: tuple[int, ...], opset: int
         with _marked(model) as found, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), buf, dynamo=False, opset_version=min(opset, MAX_TRACE_OPSET),
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model,
+                (example,),
+                buf,
+                dynamo=False,
+                opset_version=min(opset, MAX_TRACE_OPSET),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                custom_opsets={MARKER_DOMAIN: 1} if found else None, do_constant_folding=True,
+                custom_opsets={MARKER_DOMAIN: 1} if found else None,
+                do_constant_folding=True,
             )
     except (RuntimeError, TypeError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__

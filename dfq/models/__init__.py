@@ -1,4 +1,5 @@
 """Model loading: names, checkpoints and preprocessing."""
+
 from __future__ import annotations
 
 from dfq.models.data_config import DataConfig

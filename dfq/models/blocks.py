@@ -6,6 +6,7 @@ that is not a plain container (`Sequential`, `ModuleList`) and holds convolution
 or such a layer sitting directly in a container. *Stage outputs* are the units whose output is the
 last one at each spatial resolution: the pooled features RGAL's relation loss compares.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,8 +23,9 @@ def is_layer(module: nn.Module) -> bool:
     return isinstance(module, LAYERS)
 
 
-def units(model: nn.Module, prefix: str = "",
-          layer: Callable[[nn.Module], bool] = is_layer) -> list[str]:
+def units(
+    model: nn.Module, prefix: str = "", layer: Callable[[nn.Module], bool] = is_layer
+) -> list[str]:
     """Units in definition order (see the module docstring)."""
     out = []
     for name, child in model.named_children():
@@ -43,9 +45,11 @@ def stage_outputs(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
     seen: list[tuple[str, tuple[int, int]]] = []
     handles = []
     for name in units(model):
+
         def hook(_m, _inp, out, name=name):
             if isinstance(out, torch.Tensor) and out.dim() == 4:
                 seen.append((name, tuple(out.shape[-2:])))
+
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     was_training = model.training
     model.eval()

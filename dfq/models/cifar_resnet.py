@@ -3,6 +3,7 @@
 State-dict keys follow the widely used akamaster/pytorch_resnet_cifar10 checkpoints, so those load
 unchanged: `conv1`, `bn1`, `layer{1,2,3}.{i}.{conv,bn}{1,2}`, `linear`.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The user's own models: `package.module:factory` callables and (trusted) whole-model files."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,7 +15,8 @@ from torch import nn
 from dfq.errors import DfqError
 
 TRUST_HINT = (
-    "loading it runs code stored in the file, so dfq does it only with --trust-checkpoint; pass that "
+    "loading it runs code stored in the file, so dfq does it only with --trust-checkpoint; "
+    "pass that "
     "flag if you trust where the file came from, or save a state dict and use --weights"
 )
 
@@ -43,10 +45,13 @@ def build_from_factory(spec: str, num_classes: int | None) -> nn.Module:
     try:
         model = factory(**kwargs)
     except Exception as e:
-        raise DfqError(f"custom model '{spec}': calling {attr}() failed ({type(e).__name__}: {e})") from None
+        raise DfqError(
+            f"custom model '{spec}': calling {attr}() failed ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(model, nn.Module):
         raise DfqError(
-            f"custom model '{spec}': {attr}() returned a {type(model).__name__}, not a torch.nn.Module"
+            f"custom model '{spec}': {attr}() returned a {type(model).__name__}, "
+            "not a torch.nn.Module"
         )
     return model
 
@@ -54,19 +59,28 @@ def build_from_factory(spec: str, num_classes: int | None) -> nn.Module:
 def load_model_file(path: Path, trust: bool) -> nn.Module:
     """A TorchScript file or a whole pickled nn.Module, only when the user trusts it."""
     if not trust:
-        raise DfqError(f"{path} is a whole-model file (TorchScript or pickled module); {TRUST_HINT}")
+        raise DfqError(
+            f"{path} is a whole-model file (TorchScript or pickled module); {TRUST_HINT}"
+        )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated but still what users have
+            warnings.simplefilter(
+                "ignore", FutureWarning
+            )  # jit is deprecated but still what users have
             return torch.jit.load(str(path), map_location="cpu")
     except Exception:
         pass
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise DfqError(f"{path} is neither TorchScript nor a pickled model ({type(e).__name__}: {e})") from None
+        raise DfqError(
+            f"{path} is neither TorchScript nor a pickled model ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(obj, nn.Module):
-        raise DfqError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module; use --weights for a state dict")
+        raise DfqError(
+            f"{path} holds a {type(obj).__name__}, not a torch.nn.Module; "
+            "use --weights for a state dict"
+        )
     return obj
 
 

@@ -1,4 +1,5 @@
 """The preprocessing a model expects: what its first layer was trained to see."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 class DataConfig:
     """Input size (C, H, W), normalization and resize policy, with timm's names.
 
-    Images are scaled to [0, 1], then normalized as (x - mean) / std. ImageFolder inputs are resized so
-    that the centre crop of `crop_pct` of the short side becomes `input_size`.
+    Images are scaled to [0, 1], then normalized as (x - mean) / std. ImageFolder inputs are resized
+    so that the centre crop of `crop_pct` of the short side becomes `input_size`.
     """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -34,7 +35,9 @@ class DataConfig:
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         if len(self.input_size) != 3 or min(self.input_size) <= 0:
-            raise DfqError(f"input size must be three positive numbers (C, H, W), got {self.input_size}")
+            raise DfqError(
+                f"input size must be three positive numbers (C, H, W), got {self.input_size}"
+            )
         channels = self.input_size[0]
         if len(self.mean) != channels or len(self.std) != channels:
             raise DfqError(
@@ -45,14 +48,17 @@ class DataConfig:
             raise DfqError(f"std values must be positive, got {self.std}")
         if self.interpolation not in INTERPOLATIONS:
             raise DfqError(
-                f"unknown interpolation '{self.interpolation}'; use one of {', '.join(INTERPOLATIONS)}"
+                f"unknown interpolation '{self.interpolation}'; "
+                f"use one of {', '.join(INTERPOLATIONS)}"
             )
         if not 0 < self.crop_pct <= 1:
             raise DfqError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
-    def channel_stats(self, device: torch.device | str | None = None,
-                      dtype: torch.dtype = torch.float32) -> Stats:
+    def channel_stats(
+        self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> Stats:
         """Mean and std as (1, C, 1, 1) tensors, to keep (e.g. as buffers) for repeated use."""
+
         def shaped(v: tuple[float, ...]) -> torch.Tensor:
             return torch.tensor(v, dtype=dtype, device=device).view(1, -1, 1, 1)
 

@@ -4,6 +4,7 @@ Offline machines are common where dfq runs (the model's data is private, so is t
 weights are not cached and cannot be downloaded, the error names the cache path the file would go to
 and the `--weights` alternative, instead of retrying for a minute.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,8 @@ def cached_url(url: str, model_name: str) -> Path:
 
 
 def cached_hf_file(repo_id: str, model_name: str) -> str | None:
-    """Path of a cached timm checkpoint for `repo_id`, or None after checking the hub is reachable."""
+    """Path of a cached timm checkpoint for `repo_id`, or None after checking the hub is
+    reachable."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     for filename in ("model.safetensors", "pytorch_model.bin"):
@@ -56,7 +58,8 @@ def host_reachable(host: str) -> bool:
 
 def _offline_error(model_name: str, path: Path, url: str, reason: object) -> DfqError:
     return DfqError(
-        f"pretrained weights for '{model_name}' are not cached at {path} and could not be downloaded "
+        f"pretrained weights for '{model_name}' are not cached at {path} "
+        "and could not be downloaded "
         f"({reason}); copy them there from {url}, or pass --weights PATH (or --no-pretrained for "
         "random weights)"
     )

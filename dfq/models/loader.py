@@ -1,4 +1,6 @@
-"""`load_model`: a name (and optionally a checkpoint) in, an eval-mode model and its preprocessing out."""
+"""`load_model`: a name (and optionally a checkpoint) in, an eval-mode model and its preprocessing
+out."""
+
 from __future__ import annotations
 
 import difflib
@@ -61,14 +63,15 @@ def load_model(
 
     Args:
         name: `resnet18` (dfq zoo, then torchvision, then timm), `torchvision:NAME`, `timm:NAME`,
-            a dfq zoo name such as `cifar10_resnet20`, a custom factory `package.module:callable`, or
-            a TorchScript / pickled-module file (only with `trust_checkpoint`).
-        weights: a checkpoint to load (raw state dict, or one under `state_dict` / `model`). When its
+            a dfq zoo name such as `cifar10_resnet20`, a custom factory `package.module:callable`,
+            or a TorchScript / pickled-module file (only with `trust_checkpoint`).
+        weights: a checkpoint to load (raw state dict, or one under `state_dict` / `model`). When
+        its
             classifier has another number of classes, the model is built with that number.
-        pretrained: download/use cached published weights; defaults to True unless `weights` is given.
-        num_classes: size of the classifier head, when it differs from the architecture's default.
-        trust_checkpoint: allow whole-model files, which run code from the file when loaded.
-        data_overrides: DataConfig fields to replace (`input_size`, `mean`, `std`, ...).
+        pretrained: download/use cached published weights; defaults to True unless `weights` is
+        given. num_classes: size of the classifier head, when it differs from the architecture's
+        default. trust_checkpoint: allow whole-model files, which run code from the file when
+        loaded. data_overrides: DataConfig fields to replace (`input_size`, `mean`, `std`, ...).
     """
     if weights is not None and pretrained:
         raise DfqError("give either --weights or --pretrained, not both")

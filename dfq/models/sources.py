@@ -1,4 +1,5 @@
 """Where models come from: dfq's CIFAR zoo, torchvision and timm, each a registered source."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,7 +35,8 @@ def register_source(name: str, names: Callable[[], list[str]]):
     return deco
 
 
-# ----------------------------------------------------------------------------------------------- dfq zoo
+# -----------------------------------------------------------------------------------------------
+# dfq zoo
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 ZOO = {
     "cifar10_resnet20": (20, _AKAMASTER + "resnet20-12fca82f.th"),
@@ -54,7 +56,8 @@ def _build_zoo(arch: str, pretrained: bool, num_classes: int | None):
     return model, cfg
 
 
-# ------------------------------------------------------------------------------------------ torchvision
+# ------------------------------------------------------------------------------------------
+# torchvision
 def _torchvision_names() -> list[str]:
     import torchvision
 
@@ -76,18 +79,28 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int | None):
         t = weights.transforms()
         crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
         cfg = DataConfig(
-            (3, crop, crop), t.mean, t.std, t.interpolation.value, round(crop / resize, 4),
+            (3, crop, crop),
+            t.mean,
+            t.std,
+            t.interpolation.value,
+            round(crop / resize, 4),
             num_classes or 1000,
         )
     if pretrained:
         if weights is None:
-            raise DfqError(f"torchvision has no pretrained weights for '{arch}'; pass --weights PATH")
-        apply_state_dict(model, torch.load(cached_url(weights.url, arch), map_location="cpu",
-                                           weights_only=True), weights.url)
+            raise DfqError(
+                f"torchvision has no pretrained weights for '{arch}'; pass --weights PATH"
+            )
+        apply_state_dict(
+            model,
+            torch.load(cached_url(weights.url, arch), map_location="cpu", weights_only=True),
+            weights.url,
+        )
     return model, cfg
 
 
-# ------------------------------------------------------------------------------------------------- timm
+# -------------------------------------------------------------------------------------------------
+# timm
 def _timm_names() -> list[str]:
     import timm
 
@@ -106,6 +119,7 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int | None):
         overlay = {"file": file} if file else None
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     d = timm.data.resolve_data_config({}, model=model)
-    cfg = DataConfig(d["input_size"], d["mean"], d["std"], d["interpolation"], d["crop_pct"],
-                     model.num_classes)
+    cfg = DataConfig(
+        d["input_size"], d["mean"], d["std"], d["interpolation"], d["crop_pct"], model.num_classes
+    )
     return model, cfg

@@ -1,4 +1,5 @@
 """Reading checkpoints the way users actually have them, and applying them with errors that help."""
+
 from __future__ import annotations
 
 import pickle
@@ -17,8 +18,8 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely (tensors only) and return its state dict, prefixes stripped.
 
-    Accepts a raw state dict, a dict that holds one under a usual key (`state_dict`, `model`, ...), and
-    `DataParallel` / `torch.compile` prefixes; tensors saved from CUDA are mapped to the CPU.
+    Accepts a raw state dict, a dict that holds one under a usual key (`state_dict`, `model`, ...),
+    and `DataParallel` / `torch.compile` prefixes; tensors saved from CUDA are mapped to the CPU.
     """
     p = Path(path)
     if not p.exists():
@@ -30,8 +31,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
             raise DfqError(
-                f"{p} holds pickled Python objects, not just tensors; loading it would run code from "
-                "the file. Save a state dict instead (torch.save(model.state_dict(), path)), or, if "
+                f"{p} holds pickled Python objects, not just tensors; "
+                "loading it would run code from "
+                "the file. Save a state dict instead (torch.save(model.state_dict(), path)), "
+                "or, if "
                 "you trust the file, give it as the MODEL with --trust-checkpoint"
             ) from None
         raise _not_a_checkpoint(p, e) from None
@@ -83,7 +86,7 @@ def _find_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -109,12 +112,16 @@ def what_file_is(path: Path) -> str | None:
         head = f.read(512)
     if not head:
         return "the file is empty"
-    if path.suffix == ".onnx" or (head[0] == 0x08 and 1 <= head[1] <= 15 and len(head) > 2
-                                  and head[2] in _ONNX_FIELDS):
+    if path.suffix == ".onnx" or (
+        head[0] == 0x08 and 1 <= head[1] <= 15 and len(head) > 2 and head[2] in _ONNX_FIELDS
+    ):
         return f"it looks like an ONNX model; evaluate it with `dfq evaluate {path} --data ...`"
     if head.startswith(b"PK\x03\x04"):
-        return None if _is_torch_zip(path) else ("it is a zip archive but not one torch.save "
-                                                 "writes (no data.pkl inside)")
+        return (
+            None
+            if _is_torch_zip(path)
+            else ("it is a zip archive but not one torch.save writes (no data.pkl inside)")
+        )
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
             return what

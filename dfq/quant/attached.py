@@ -7,6 +7,7 @@ runtime does (DESIGN section 2). The same mechanism quantizes an activation modu
 QuantizeLinear. The quantizer becomes a submodule (`dfq_input_quantizer` / `dfq_output_quantizer`),
 so it is saved, reloaded, reconstructed and exported like any other.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,5 +58,8 @@ def detach_quantizer(module: nn.Module, where: str) -> None:
 def attached_quantizers(model: nn.Module, where: str) -> dict[str, Quantizer]:
     """Module name -> its attached `where` quantizer, for every module that has one."""
     attr = _attr(where)
-    return {name: getattr(m, attr) for name, m in model.named_modules()
-            if isinstance(getattr(m, attr, None), Quantizer)}
+    return {
+        name: getattr(m, attr)
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, attr, None), Quantizer)
+    }

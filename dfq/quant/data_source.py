@@ -7,6 +7,7 @@ and flipped, or, with `augment='flip'`, only flipped, so that the teacher's logi
 orientations can be computed once and cached (a CPU saving at 224 pixels: the teacher's forward
 pass is then paid once per image, not once per step).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -23,8 +24,9 @@ AUGMENTS = ("shift_flip", "flip")
 class DataSource(Protocol):
     images: torch.Tensor  # a fixed set for range initialization and reconstruction
 
-    def batch(self, n: int, student: nn.Module, teacher: nn.Module, step: int,
-              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, n: int, student: nn.Module, teacher: nn.Module, step: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` images and the teacher's logits for them."""
         ...
 
@@ -46,8 +48,15 @@ def shift_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Ten
 class FixedImages:
     """A calibration set as a data source (see the module docstring)."""
 
-    def __init__(self, images: torch.Tensor, teacher: nn.Module, augment: str = "shift_flip",
-                 per_class: int = 0, batch_size: int = 64, cache_batch: int = 64) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        teacher: nn.Module,
+        augment: str = "shift_flip",
+        per_class: int = 0,
+        batch_size: int = 64,
+        cache_batch: int = 64,
+    ) -> None:
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.images, self.augment = images, augment
@@ -64,20 +73,24 @@ class FixedImages:
         self._counts = torch.tensor([len(m) for m in members])
         self._members = torch.zeros(len(members), int(self._counts.max()), dtype=torch.long)
         for i, m in enumerate(members):
-            self._members[i, :len(m)] = m
+            self._members[i, : len(m)] = m
 
     def indices(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """K classes x M images by teacher label; a class with fewer than M images repeats some,
         and when there are fewer classes than K, classes are drawn again."""
         m, classes = self.per_class, len(self._counts)
         k = -(-n // m)
-        cls = (torch.randperm(classes, generator=gen)[:k] if classes >= k
-               else torch.randint(0, classes, (k,), generator=gen))
+        cls = (
+            torch.randperm(classes, generator=gen)[:k]
+            if classes >= k
+            else torch.randint(0, classes, (k,), generator=gen)
+        )
         pick = (torch.rand(k, m, generator=gen) * self._counts[cls][:, None]).long()
         return self._members[cls[:, None], pick].flatten()[:n]
 
-    def batch(self, n: int, student: nn.Module, teacher: nn.Module, step: int,
-              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, n: int, student: nn.Module, teacher: nn.Module, step: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.indices(min(n, len(self.images)), gen).to(self.images.device)
         x = self.images[idx]
         if self.cached is not None:

@@ -1,4 +1,5 @@
-"""Network distillation: the FP model teaches the fake-quantized one on views of the calibration set.
+"""Network distillation: the FP model teaches the fake-quantized one on views of the calibration
+set.
 
 KL divergence between softened logits (temperature T, scaled by T^2) plus RGAL's student-phase
 relation loss (standard triplet on the student's penultimate features, negatives sampled by
@@ -7,6 +8,7 @@ sizes and biases ("scales"), or also the weights ("all"). Images come from a dat
 calibration set in K x M class batches, or a live one such as DFAD's generator. Losses stay on the
 device and reach the host every `log_every` steps.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +37,14 @@ def kd_parameters(model: nn.Module, what: str) -> list[nn.Parameter]:
     return params
 
 
-def distill(student: nn.Module, teacher: nn.Module, source: DataSource | torch.Tensor,
-            cfg: QuantConfig, progress: bool = True, seed: int = 0) -> dict:
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    source: DataSource | torch.Tensor,
+    cfg: QuantConfig,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict:
     """`cfg.kd_iters` steps of KD (+ relation loss) on a data source or fixed images; returns
     first/last losses and the history."""
     gen = torch.Generator().manual_seed(seed)
@@ -51,14 +59,22 @@ def distill(student: nn.Module, teacher: nn.Module, source: DataSource | torch.T
     relation = cfg.relation_weight > 0
     sums = torch.zeros(2)
     count = 0
-    with trainable(params), penultimate_features(student) as feats, \
-            StepBar(cfg.kd_iters, "distill", enabled=progress) as bar:
+    with (
+        trainable(params),
+        penultimate_features(student) as feats,
+        StepBar(cfg.kd_iters, "distill", enabled=progress) as bar,
+    ):
         for step in range(cfg.kd_iters):
             x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
             s_logits = student(x)
             kd = kd_loss(s_logits, t_logits, cfg.kd_temperature)
-            rel = (student_relation_loss(feats["features"], s_logits.detach(), t_logits.argmax(1),
-                                         cfg.relation_margin) if relation else kd * 0.0)
+            rel = (
+                student_relation_loss(
+                    feats["features"], s_logits.detach(), t_logits.argmax(1), cfg.relation_margin
+                )
+                if relation
+                else kd * 0.0
+            )
             loss = kd + cfg.relation_weight * rel
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -77,17 +93,26 @@ def distill(student: nn.Module, teacher: nn.Module, source: DataSource | torch.T
 def _summary(history: list[dict[str, float]]) -> dict:
     if not history:
         return {"kd_first": None, "kd_last": None, "relation_last": None, "history": []}
-    return {"kd_first": round(history[0]["kd"], 6), "kd_last": round(history[-1]["kd"], 6),
-            "relation_last": round(history[-1]["rel"], 6), "steps": history[-1]["step"],
-            "history": history}
+    return {
+        "kd_first": round(history[0]["kd"], 6),
+        "kd_last": round(history[-1]["kd"], 6),
+        "relation_last": round(history[-1]["rel"], 6),
+        "steps": history[-1]["step"],
+        "history": history,
+    }
 
 
 @torch.no_grad()
-def mean_kd_loss(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
-                 temperature: float, batch_size: int = 256) -> float:
+def mean_kd_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    temperature: float,
+    batch_size: int = 256,
+) -> float:
     """The KD loss over `images` without augmentation (for tests and reports)."""
     total = 0.0
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
+        x = images[i : i + batch_size]
         total += float(kd_loss(student(x), teacher(x), temperature)) * len(x)
     return total / len(images)

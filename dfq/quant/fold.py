@@ -4,6 +4,7 @@ Which conv feeds which BN is found by running one example batch and following te
 hooks, so it works on torchvision, timm and user models without knowing their block classes. timm's
 `BatchNormAct2d` keeps its activation: it becomes `Sequential(drop, act)`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from dfq.quant.replace import replace_modules
 @dataclass
 class FoldResult:
     folded: list[tuple[str, str]] = field(default_factory=list)  # (conv name, bn name)
-    unfolded: list[str] = field(default_factory=list)  # BN layers left in place (find_conv_bn_pairs)
+    unfolded: list[str] = field(
+        default_factory=list
+    )  # BN layers left in place (find_conv_bn_pairs)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class _Tracker:
             self.conv_calls[name] = self.conv_calls.get(name, 0) + 1
             if isinstance(out, torch.Tensor):
                 self.outputs[id(out)] = _Output(name, out, out._version)
+
         return hook
 
     def use_hook(self, _m: nn.Module, inp: tuple) -> None:
@@ -56,6 +60,7 @@ class _Tracker:
             self.use_hook(m, inp)
             x = inp[0]
             self.bn_inputs.setdefault(name, []).append((id(x), x._version))
+
         return hook
 
     def source(self, bn: str) -> str | None:
@@ -70,8 +75,9 @@ class _Tracker:
         return rec.conv if self.conv_calls[rec.conv] == 1 else None
 
 
-def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor
-                       ) -> tuple[list[tuple[str, str]], list[str]]:
+def find_conv_bn_pairs(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[list[tuple[str, str]], list[str]]:
     """(conv, bn) pairs where folding cannot change the model's output, and the other BNs.
 
     A pair needs: the conv called once, the BN called once, the BN's input the very tensor the conv
@@ -105,9 +111,13 @@ def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor
 
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """conv(x) * g + b with g = gamma / sqrt(var + eps), b = beta - mean * g, into conv's weight / bias."""
-    g = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
-        1.0 / torch.sqrt(bn.running_var + bn.eps)
+    """conv(x) * g + b with g = gamma / sqrt(var + eps), b = beta - mean * g, into conv's weight /
+    bias."""
+    g = (
+        bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine
+        else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    )
     beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     new_bias = (bias - bn.running_mean) * g + beta

@@ -1,4 +1,5 @@
-"""Turn a float model into a fake-quantized one: fold BN, swap layers, attach quantizers, init ranges.
+"""Turn a float model into a fake-quantized one: fold BN, swap layers, attach quantizers, init
+ranges.
 
 Where tensors are quantized is set by the protocol (DESIGN section 2):
 - `deploy` (default): the input of every conv / linear, as an integer runtime executes; first conv
@@ -12,6 +13,7 @@ Where tensors are quantized is set by the protocol (DESIGN section 2):
   stay float.
 Modules with parameters that cannot be quantized are returned by name so the report lists them.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,15 +58,18 @@ def quantizable(module: nn.Module) -> bool:
     cls, name = type(module), _qualname(module)
     for float_type in QUANT_LAYERS:
         if isinstance(module, float_type) and (
-                name in SAME_FORWARD or name in SAME_PADDING or cls.forward is float_type.forward):
+            name in SAME_FORWARD or name in SAME_PADDING or cls.forward is float_type.forward
+        ):
             return not (isinstance(module, nn.Conv2d) and module.padding_mode != "zeros")
     return False
 
 
 def unquantizable(model: nn.Module, lone_bn: list[str]) -> list[str]:
     """Leaf modules that hold parameters but stay float, each with the reason."""
-    out = [f"{n} ({type(model.get_submodule(n)).__name__}): BatchNorm without a conv right "
-           "before it" for n in lone_bn]
+    out = [
+        f"{n} ({type(model.get_submodule(n)).__name__}): BatchNorm without a conv right before it"
+        for n in lone_bn
+    ]
     for name, m in model.named_modules():
         if name in lone_bn or quantizable(m) or next(m.children(), None) is not None:
             continue
@@ -99,8 +104,9 @@ def layer_bits(order: list[str], cfg: QuantConfig) -> dict[str, tuple[int, int |
 
 
 @torch.no_grad()
-def block_entries(model: nn.Module, layers: list[str], example: torch.Tensor
-                  ) -> dict[str, list[str]]:
+def block_entries(
+    model: nn.Module, layers: list[str], example: torch.Tensor
+) -> dict[str, list[str]]:
     """Block -> the layers inside it that read the block's own input tensor (its entry layers).
 
     Found by identity of the tensors passed in one forward pass (kept alive, with their version
@@ -110,9 +116,11 @@ def block_entries(model: nn.Module, layers: list[str], example: torch.Tensor
     seen: dict[str, tuple[torch.Tensor, int]] = {}
     handles = []
     for name in blocks + layers:
+
         def hook(_m: nn.Module, inp: tuple, name: str = name) -> None:
             if inp and isinstance(inp[0], torch.Tensor) and name not in seen:
                 seen[name] = (inp[0], inp[0]._version)
+
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
         model(example)
@@ -124,8 +132,11 @@ def block_entries(model: nn.Module, layers: list[str], example: torch.Tensor
         if block not in seen:
             continue
         x, version = seen[block]
-        entries = [n for n in layers if n.startswith(block + ".") and n in seen
-                   and seen[n][0] is x and seen[n][1] == version]
+        entries = [
+            n
+            for n in layers
+            if n.startswith(block + ".") and n in seen and seen[n][0] is x and seen[n][1] == version
+        ]
         if entries:
             out[block] = entries
     return out
@@ -134,7 +145,9 @@ def block_entries(model: nn.Module, layers: list[str], example: torch.Tensor
 def same_padding(module: nn.Conv2d, input_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     """TF "same" padding (left, right, top, bottom) of `module` for an input (C, H, W)."""
     pads = []
-    for size, k, s, d in zip(input_shape[-2:], module.kernel_size, module.stride, module.dilation):
+    for size, k, s, d in zip(
+        input_shape[-2:], module.kernel_size, module.stride, module.dilation, strict=True
+    ):
         pads.append(max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0))
     (ph, pw) = pads
     return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
@@ -146,15 +159,21 @@ def prepare(model: nn.Module, cfg: QuantConfig, batches: list[torch.Tensor]) -> 
     model.eval()
     fold = fold_bn(model, batches[0][:2])
     names = [n for n, m in model.named_modules() if quantizable(m)]
-    acts = ([n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
-            if cfg.protocol == "gdfq" else [])
+    acts = (
+        [n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
+        if cfg.protocol == "gdfq"
+        else []
+    )
     entries = block_entries(model, names, batches[0][:2]) if cfg.protocol != "gdfq" else {}
     stats, act_stats = observe(model, names + list(entries), batches, acts)
     order = sorted((n for n in names if n in stats), key=lambda n: stats[n].order)
     result = PrepareResult(folded=fold.folded, bits=layer_bits(order, cfg))
     result.unquantized = unquantizable(model, fold.unfolded)
-    result.unquantized += [f"{n} ({type(model.get_submodule(n)).__name__}): never called in "
-                           "forward" for n in names if n not in stats]
+    result.unquantized += [
+        f"{n} ({type(model.get_submodule(n)).__name__}): never called in forward"
+        for n in names
+        if n not in stats
+    ]
     result.block_inputs = _block_input_bits(entries, result.bits)
     layer_inputs = {n: ab for n, (_, ab) in result.bits.items()}
     for entry_layers in (entries[b] for b in result.block_inputs):
@@ -165,8 +184,12 @@ def prepare(model: nn.Module, cfg: QuantConfig, batches: list[torch.Tensor]) -> 
     def make(name: str, m: nn.Module) -> nn.Module:
         pad = same_padding(m, stats[name].shape) if _qualname(m) in SAME_PADDING else None
         return QUANT_LAYERS[_float_type(m)].from_float(
-            m, result.bits[name][0], layer_inputs[name], input_signed=stats[name].min < 0,
-            same_pad=pad)
+            m,
+            result.bits[name][0],
+            layer_inputs[name],
+            input_signed=stats[name].min < 0,
+            same_pad=pad,
+        )
 
     replace_modules(model, lambda n, m: n in result.bits, make)
     for name, layer in quant_layers(model).items():
@@ -180,8 +203,9 @@ def prepare(model: nn.Module, cfg: QuantConfig, batches: list[torch.Tensor]) -> 
     return result
 
 
-def _block_input_bits(entries: dict[str, list[str]], bits: dict[str, tuple[int, int | None]]
-                      ) -> dict[str, int]:
+def _block_input_bits(
+    entries: dict[str, list[str]], bits: dict[str, tuple[int, int | None]]
+) -> dict[str, int]:
     """A block gets an input quantizer when all its entry layers quantize their input; at the
     widest of their bits (they normally agree)."""
     out = {}
@@ -196,8 +220,9 @@ def _init(q: Quantizer, stats: InputStats, cfg: QuantConfig) -> None:
     init_act_scale(q, stats.sample(), cfg.act_init, cfg.act_percentile)
 
 
-def _attach(model: nn.Module, name: str, where: str, bits: int, stats: InputStats,
-            cfg: QuantConfig) -> None:
+def _attach(
+    model: nn.Module, name: str, where: str, bits: int, stats: InputStats, cfg: QuantConfig
+) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     q = Quantizer(bits, signed=stats.min < 0).to(device)
     _init(q, stats, cfg)
@@ -209,12 +234,16 @@ def _float_type(m: nn.Module) -> type[nn.Module]:
 
 
 @torch.no_grad()
-def reinit_activation_ranges(model: nn.Module, cfg: QuantConfig,
-                             batches: list[torch.Tensor]) -> None:
+def reinit_activation_ranges(
+    model: nn.Module, cfg: QuantConfig, batches: list[torch.Tensor]
+) -> None:
     """Initialize every activation step size of a quantized model again, on other images (e.g. a
     student first set up on noise, once synthetic images exist), as each tensor arrives there."""
-    layers = {n: m.input_quantizer for n, m in quant_layers(model).items()
-              if m.input_quantizer is not None}
+    layers = {
+        n: m.input_quantizer
+        for n, m in quant_layers(model).items()
+        if m.input_quantizer is not None
+    }
     blocks = attached_quantizers(model, "input")
     acts = attached_quantizers(model, "output")
     stats, out_stats = observe(model, list(layers) + list(blocks), batches, list(acts))

@@ -1,9 +1,11 @@
 """Quantized conv / linear layers that subclass the torch layers, so state-dict keys stay familiar.
 
-`y = layer(input_quantizer(x), weight_quantizer(weight)) + bias`, then `output_quantizer(y)` when one is
-attached (the exporter may add 8-bit output quantizers so onnxruntime fuses QLinearConv). Weights are
-per output channel, signed, zero point 0; inputs per tensor, unsigned when they are never negative.
+`y = layer(input_quantizer(x), weight_quantizer(weight)) + bias`, then `output_quantizer(y)` when
+one is attached (the exporter may add 8-bit output quantizers so onnxruntime fuses QLinearConv).
+Weights are per output channel, signed, zero point 0; inputs per tensor, unsigned when they are
+never negative.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -73,14 +75,29 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
     same_pad: tuple[int, int, int, int] | None = None  # (left, right, top, bottom), TF "same"
 
     @classmethod
-    def from_float(cls, module: nn.Conv2d, wbits: int, abits: int | None,
-                   input_signed: bool = True,
-                   same_pad: tuple[int, int, int, int] | None = None) -> QuantConv2d:
+    def from_float(
+        cls,
+        module: nn.Conv2d,
+        wbits: int,
+        abits: int | None,
+        input_signed: bool = True,
+        same_pad: tuple[int, int, int, int] | None = None,
+    ) -> QuantConv2d:
         """`same_pad`: the static padding of a TF-"same" conv (timm's Conv2dSame) at the model's
         input size, applied to the quantized input (zeros stay on the grid)."""
-        q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
-                module.padding_mode, device=module.weight.device, dtype=module.weight.dtype)
+        q = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+        )
         q._copy_float(module)
         q._init_quant(wbits, abits, input_signed)
         q.same_pad = None if same_pad is None else tuple(int(p) for p in same_pad)
@@ -97,10 +114,21 @@ class QuantConv2d(QuantMixin, nn.Conv2d):
 @register_quant_layer(nn.Linear)
 class QuantLinear(QuantMixin, nn.Linear):
     @classmethod
-    def from_float(cls, module: nn.Linear, wbits: int, abits: int | None,
-                   input_signed: bool = True, same_pad: None = None) -> QuantLinear:
-        q = cls(module.in_features, module.out_features, module.bias is not None,
-                device=module.weight.device, dtype=module.weight.dtype)
+    def from_float(
+        cls,
+        module: nn.Linear,
+        wbits: int,
+        abits: int | None,
+        input_signed: bool = True,
+        same_pad: None = None,
+    ) -> QuantLinear:
+        q = cls(
+            module.in_features,
+            module.out_features,
+            module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+        )
         q._copy_float(module)
         q._init_quant(wbits, abits, input_signed)
         return q.train(module.training)

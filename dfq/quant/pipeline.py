@@ -3,6 +3,7 @@
 Stages: fold + insert + range init ("prepare"), block reconstruction, network distillation, bake.
 Each is timed and its losses kept for `report.json`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,7 @@ def quantizers_disabled(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        for q, v in zip(qs, old):
+        for q, v in zip(qs, old, strict=True):
             q.enabled = v
 
 
@@ -47,9 +48,14 @@ def _stage(report: dict, name: str) -> Iterator[dict]:
         report["stages"][name] = {"seconds": round(time.perf_counter() - start, 3), **info}
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | DataSource,
-              teacher: nn.Module | None = None, progress: bool = True,
-              seed: int = 0) -> dict[str, Any]:
+def quantize_(
+    model: nn.Module,
+    cfg: QuantConfig,
+    calib: torch.Tensor | DataSource,
+    teacher: nn.Module | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Quantize `model` in place on normalized calibration images (N, C, H, W), or on a data
     source whose `images` initialize ranges and drive reconstruction and whose `batch()` feeds
     distillation (e.g. DFAD's generator).
@@ -61,24 +67,34 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib: torch.Tensor | DataSour
     model.eval()
     teacher = (teacher if teacher is not None else copy.deepcopy(model)).eval()
     images = (calib if isinstance(calib, torch.Tensor) else calib.images).float()
-    report: dict[str, Any] = {"stages": {}, "num_calibration_images": len(images),
-                              "protocol": cfg.protocol}
+    report: dict[str, Any] = {
+        "stages": {},
+        "num_calibration_images": len(images),
+        "protocol": cfg.protocol,
+    }
     with _stage(report, "prepare") as info:
         prep = prepare(model, cfg, list(images.split(cfg.calib_batch_size)))
         info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)
-    report.update(bits={k: list(v) for k, v in prep.bits.items()}, folded_bn=len(prep.folded),
-                  block_inputs=prep.block_inputs, activation_quantizers=prep.activations,
-                  unquantized_layers=prep.unquantized)
+    report.update(
+        bits={k: list(v) for k, v in prep.bits.items()},
+        folded_bn=len(prep.folded),
+        block_inputs=prep.block_inputs,
+        activation_quantizers=prep.activations,
+        unquantized_layers=prep.unquantized,
+    )
     if cfg.reconstruct and cfg.recon_iters > 0:
         with _stage(report, "reconstruct") as info:
             fp = copy.deepcopy(model)
             with quantizers_disabled(fp):
                 rec = reconstruct(model, fp, images, cfg, progress)
             del fp
-            info.update(skipped=rec["skipped"],
-                        block_losses={k: [round(a, 6), round(b, 6)]
-                                      for k, (a, b) in rec["block_losses"].items()},
-                        kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6))
+            info.update(
+                skipped=rec["skipped"],
+                block_losses={
+                    k: [round(a, 6), round(b, 6)] for k, (a, b) in rec["block_losses"].items()
+                },
+                kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6),
+            )
     if cfg.kd_iters > 0:
         with _stage(report, "distill") as info:
             info.update(distill(model, teacher, calib, cfg, progress, seed))

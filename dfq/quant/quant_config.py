@@ -1,4 +1,6 @@
-"""`QuantConfig`: the `quant:` section of a recipe (bits, protocol, range init, fine-tuning budgets)."""
+"""`QuantConfig`: the `quant:` section of a recipe (bits, protocol, range init, fine-tuning
+budgets)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,7 +57,8 @@ class QuantConfig:
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise DfqError(f"{name} must be an integer from 2 to 8, got {bits!r}")
         if self.first_last_bits not in (None, "same") and (
-                not isinstance(self.first_last_bits, int) or not 2 <= self.first_last_bits <= 8):
+            not isinstance(self.first_last_bits, int) or not 2 <= self.first_last_bits <= 8
+        ):
             raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)

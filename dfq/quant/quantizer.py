@@ -1,8 +1,10 @@
-"""The fake quantizer: uniform grid, zero point 0, learnable step size (LSQ), straight-through rounding.
+"""The fake quantizer: uniform grid, zero point 0, learnable step size (LSQ), straight-through
+rounding.
 
-Zero point 0 everywhere keeps the exported graph on the integer kernels onnxruntime and TensorRT fuse:
-signed tensors use a symmetric grid, non-negative ones (after ReLU) a grid starting at 0.
+Zero point 0 everywhere keeps the exported graph on the integer kernels onnxruntime and TensorRT
+fuse: signed tensors use a symmetric grid, non-negative ones (after ReLU) a grid starting at 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,20 +21,23 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Same value, gradient multiplied by `factor` (LSQ keeps step-size updates in scale with weights)."""
+    """Same value, gradient multiplied by `factor` (LSQ keeps step-size updates in scale with
+    weights)."""
     return (x - x * factor).detach() + x * factor
 
 
 class Quantizer(nn.Module):
     """`clamp(round(x / s), qmin, qmax) * s`, per tensor or per channel along `channel_axis`.
 
-    `drop_prob` > 0 (set only while reconstructing, see `reconstruct.qdrop`) passes a random share of
-    elements through unquantized when gradients are on, QDrop's regularizer; it is 0 in every saved or
-    evaluated model. (Not tied to `training`, so dropout / stochastic depth stay off meanwhile.)
+    `drop_prob` > 0 (set only while reconstructing, see `reconstruct.qdrop`) passes a random share
+    of elements through unquantized when gradients are on, QDrop's regularizer; it is 0 in every
+    saved or evaluated model. (Not tied to `training`, so dropout / stochastic depth stay off
+    meanwhile.)
     """
 
-    def __init__(self, bits: int, signed: bool, channel_axis: int | None = None,
-                 num_channels: int = 1) -> None:
+    def __init__(
+        self, bits: int, signed: bool, channel_axis: int | None = None, num_channels: int = 1
+    ) -> None:
         super().__init__()
         if not 2 <= int(bits) <= 16:
             raise ValueError(f"bits must be in 2..16, got {bits}")
@@ -52,7 +57,7 @@ class Quantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
     def step(self, like: torch.Tensor) -> torch.Tensor:
         """The step size broadcastable against `like` (positive even if the parameter strays)."""
@@ -63,8 +68,11 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def set_scale(self, scale: torch.Tensor | float) -> None:
-        self.scale.copy_(torch.as_tensor(scale, dtype=self.scale.dtype).clamp_min(MIN_SCALE)
-                         .expand_as(self.scale))
+        self.scale.copy_(
+            torch.as_tensor(scale, dtype=self.scale.dtype)
+            .clamp_min(MIN_SCALE)
+            .expand_as(self.scale)
+        )
 
     def integer(self, x: torch.Tensor) -> torch.Tensor:
         """The integer codes `clamp(round(x / s))`, as float (what an exporter stores)."""
@@ -83,12 +91,15 @@ class Quantizer(nn.Module):
         return q
 
     def extra_repr(self) -> str:
-        axis = "per tensor" if self.channel_axis is None else f"per channel (axis {self.channel_axis})"
+        axis = (
+            "per tensor" if self.channel_axis is None else f"per channel (axis {self.channel_axis})"
+        )
         return f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, {axis}"
 
 
 def activation_quantizers(model: nn.Module) -> list[Quantizer]:
-    """Every per-tensor quantizer of `model` (layer inputs and outputs, attached ones), once each."""
+    """Every per-tensor quantizer of `model` (layer inputs and outputs, attached ones), once
+    each."""
     return [m for m in model.modules() if isinstance(m, Quantizer) and m.channel_axis is None]
 
 

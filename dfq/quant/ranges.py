@@ -4,6 +4,7 @@ Weights: per output channel, the clipping value minimizing the squared rounding 
 over fractions of max |w|). Activations: per tensor, from a sample of each layer's inputs on the
 calibration set, the clipping value minimizing the squared error (`mse`) or a percentile of |x|.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,9 +42,13 @@ class InputStats:
 
 
 @torch.no_grad()
-def observe(model: nn.Module, inputs: list[str], batches: list[torch.Tensor],
-            outputs: list[str] = (), seed: int = 0
-            ) -> tuple[dict[str, InputStats], dict[str, InputStats]]:
+def observe(
+    model: nn.Module,
+    inputs: list[str],
+    batches: list[torch.Tensor],
+    outputs: list[str] = (),
+    seed: int = 0,
+) -> tuple[dict[str, InputStats], dict[str, InputStats]]:
     """Run `batches` through `model`; record the first inputs of modules `inputs` and the outputs
     of modules `outputs` (each with its call order). A module never called has no entry."""
     seen_in: dict[str, InputStats] = {}
@@ -59,11 +64,17 @@ def observe(model: nn.Module, inputs: list[str], batches: list[torch.Tensor],
         store[name].add(x, gen)
 
     for name in inputs:  # prepended: before any quantizer attached to the module's input
-        handles.append(model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, inp, name=name: record(seen_in, name, inp[0]), prepend=True))
+        handles.append(
+            model.get_submodule(name).register_forward_pre_hook(
+                lambda _m, inp, name=name: record(seen_in, name, inp[0]), prepend=True
+            )
+        )
     for name in outputs:  # prepended: before any quantizer attached to the module's output
-        handles.append(model.get_submodule(name).register_forward_hook(
-            lambda _m, _inp, out, name=name: record(seen_out, name, out), prepend=True))
+        handles.append(
+            model.get_submodule(name).register_forward_hook(
+                lambda _m, _inp, out, name=name: record(seen_out, name, out), prepend=True
+            )
+        )
     try:
         for x in batches:
             model(x)
@@ -97,8 +108,13 @@ def init_weight_scale(q: Quantizer, w: torch.Tensor, method: str = "mse", steps:
 
 
 @torch.no_grad()
-def init_act_scale(q: Quantizer, sample: torch.Tensor, method: str = "mse",
-                   percentile: float = 99.99, steps: int = 100) -> None:
+def init_act_scale(
+    q: Quantizer,
+    sample: torch.Tensor,
+    method: str = "mse",
+    percentile: float = 99.99,
+    steps: int = 100,
+) -> None:
     """Per-tensor step size from a sample of the tensor's values."""
     x = sample.float()
     amax = float(x.abs().max()) if q.signed else float(x.clamp_min(0).max())
@@ -109,8 +125,7 @@ def init_act_scale(q: Quantizer, sample: torch.Tensor, method: str = "mse",
         clip = float(torch.quantile(x.abs(), percentile / 100.0))
     elif method == "mse":
         fracs = torch.linspace(1.0, 0.05, steps)
-        errs = [(_fake(x, amax * f / q.qmax, q.qmin, q.qmax) - x).pow(2).mean()
-                for f in fracs]
+        errs = [(_fake(x, amax * f / q.qmax, q.qmin, q.qmax) - x).pow(2).mean() for f in fracs]
         clip = amax * float(fracs[int(torch.stack(errs).argmin())])
     else:
         raise ValueError(f"unknown activation init '{method}'")

@@ -1,10 +1,12 @@
 """Block reconstruction (BRECQ / QDrop): make each quantized block reproduce its FP block's output.
 
-Block by block, in forward order: weights get AdaRound soft bits (learned up-or-down rounding with an
-annealed regularizer that pushes each toward 0 or 1), activation step sizes are learned, and QDrop
-randomly leaves half of the activations unquantized (and mixes FP and quantized block inputs), which
-flattens the loss landscape the quantized model ends up in. Weights are baked at the end of a block.
+Block by block, in forward order: weights get AdaRound soft bits (learned up-or-down rounding with
+an annealed regularizer that pushes each toward 0 or 1), activation step sizes are learned, and
+QDrop randomly leaves half of the activations unquantized (and mixes FP and quantized block inputs),
+which flattens the loss landscape the quantized model ends up in. Weights are baked at the end of a
+block.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +27,8 @@ ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 
 
 class AdaRound(nn.Module):
-    """Weight `clamp(floor(w / s) + h(alpha), qmin, qmax) * s`, h soft in [0, 1] or hard (alpha >= 0)."""
+    """Weight `clamp(floor(w / s) + h(alpha), qmin, qmax) * s`, h soft in [0, 1] or hard (alpha >=
+    0)."""
 
     def __init__(self, q: Quantizer, w: torch.Tensor) -> None:
         super().__init__()
@@ -53,8 +56,9 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def capture(model: nn.Module, name: str, images: torch.Tensor, batch_size: int,
-            output: bool = False) -> torch.Tensor | None:
+def capture(
+    model: nn.Module, name: str, images: torch.Tensor, batch_size: int, output: bool = False
+) -> torch.Tensor | None:
     """The input (before any attached input quantizer) or the output of submodule `name` for all
     `images`; None when it is not one tensor."""
     store: list[torch.Tensor] = []
@@ -69,12 +73,13 @@ def capture(model: nn.Module, name: str, images: torch.Tensor, batch_size: int,
     if output:
         handle = module.register_forward_hook(lambda _m, inp, out: keep(out, len(inp)))
     else:
-        handle = module.register_forward_pre_hook(lambda _m, inp: keep(inp[0] if inp else None,
-                                                                       len(inp)), prepend=True)
+        handle = module.register_forward_pre_hook(
+            lambda _m, inp: keep(inp[0] if inp else None, len(inp)), prepend=True
+        )
     try:
         for i in range(0, len(images), batch_size):
             try:
-                model(images[i:i + batch_size])
+                model(images[i : i + batch_size])
             except _Stop:
                 pass
     finally:
@@ -92,12 +97,17 @@ def qdrop(module: nn.Module, p: float) -> Iterator[None]:
     try:
         yield
     finally:
-        for q, v in zip(qs, old):
+        for q, v in zip(qs, old, strict=True):
             q.drop_prob = v
 
 
-def reconstruct(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor, cfg: QuantConfig,
-                progress: bool = True) -> dict:
+def reconstruct(
+    qmodel: nn.Module,
+    fpmodel: nn.Module,
+    images: torch.Tensor,
+    cfg: QuantConfig,
+    progress: bool = True,
+) -> dict:
     """Reconstruct every unit of `qmodel` against `fpmodel` (same structure); returns losses."""
     names = units(qmodel)
     losses, skipped = {}, []
@@ -114,12 +124,21 @@ def reconstruct(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor, cfg
                 skipped.append(name)
                 bar.step(cfg.recon_iters)
                 continue
-            losses[name] = _reconstruct_unit(qmodel.get_submodule(name), x_q, x_fp, y_fp, cfg, bar, gen)
+            losses[name] = _reconstruct_unit(
+                qmodel.get_submodule(name), x_q, x_fp, y_fp, cfg, bar, gen
+            )
     return {"block_losses": losses, "skipped": skipped}
 
 
-def _reconstruct_unit(block: nn.Module, x_q: torch.Tensor, x_fp: torch.Tensor, y_fp: torch.Tensor,
-                      cfg: QuantConfig, bar: StepBar, gen: torch.Generator) -> list[float]:
+def _reconstruct_unit(
+    block: nn.Module,
+    x_q: torch.Tensor,
+    x_fp: torch.Tensor,
+    y_fp: torch.Tensor,
+    cfg: QuantConfig,
+    bar: StepBar,
+    gen: torch.Generator,
+) -> list[float]:
     layers = [block] if isinstance(block, QuantLayer) else list(quant_layers(block).values())
     rounds = []
     for layer in layers:
@@ -127,13 +146,15 @@ def _reconstruct_unit(block: nn.Module, x_q: torch.Tensor, x_fp: torch.Tensor, y
         rounds.append(layer.rounding)
     act = [q.scale for q in activation_quantizers(block) if q.enabled]
     alphas = [r.alpha for r in rounds]
-    opt = torch.optim.Adam([{"params": alphas, "lr": cfg.recon_lr_round},
-                            {"params": act, "lr": cfg.recon_lr_act}])
+    opt = torch.optim.Adam(
+        [{"params": alphas, "lr": cfg.recon_lr_round}, {"params": act, "lr": cfg.recon_lr_act}]
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.recon_iters))
     n, iters = len(x_q), cfg.recon_iters
     warm = int(cfg.round_warmup * iters)
-    dev_gen = torch.Generator(device=x_q.device).manual_seed(int(torch.randint(0, 2**31, (1,),
-                                                                           generator=gen)))
+    dev_gen = torch.Generator(device=x_q.device).manual_seed(
+        int(torch.randint(0, 2**31, (1,), generator=gen))
+    )
     losses = torch.zeros(iters, device=x_q.device)
     with trainable(alphas + act), qdrop(block, cfg.qdrop_prob):
         for it in range(iters):
@@ -154,9 +175,11 @@ def _reconstruct_unit(block: nn.Module, x_q: torch.Tensor, x_fp: torch.Tensor, y
             sched.step()
             losses[it] = rec.detach()
             if (it + 1) % cfg.log_every == 0 or it == iters - 1:
-                bar.step(cfg.log_every if (it + 1) % cfg.log_every == 0 else (it + 1) % cfg.log_every,
-                         f"rec {float(losses[it]):.4f}")
-    for layer, r in zip(layers, rounds):
+                bar.step(
+                    cfg.log_every if (it + 1) % cfg.log_every == 0 else (it + 1) % cfg.log_every,
+                    f"rec {float(losses[it]):.4f}",
+                )
+    for layer, r in zip(layers, rounds, strict=True):
         r.soft = False
         layer.bake()
     first, last = losses[[0, iters - 1]].tolist() if iters else (float("nan"), float("nan"))

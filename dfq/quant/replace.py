@@ -3,6 +3,7 @@
 Like torchao's `_replace_with_custom_fn_if_matches_filter`; every swap in dfq (BN folding, inserting
 quantized layers, restoring float layers) goes through `replace_modules`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,9 +1,10 @@
 """Save and reload quantized models without pickling modules.
 
 `quantized.pt` holds the model name, its data config, the quant config, each quantized layer's
-quantizer layout and the state dict. Reloading builds the architecture (no pretrained weights needed),
-folds BN, swaps in the same quantized layers and loads the state dict strictly.
+quantizer layout and the state dict. Reloading builds the architecture (no pretrained weights
+needed), folds BN, swaps in the same quantized layers and loads the state dict strictly.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,21 +32,35 @@ def _qspec(q: Quantizer | None) -> dict | None:
     return None if q is None else {"bits": q.bits, "signed": q.signed}
 
 
-def quantized_payload(model: nn.Module, name: str, data_config: DataConfig,
-                      cfg: QuantConfig) -> dict[str, Any]:
-    layers = {n: {"weight": _qspec(m.weight_quantizer), "input": _qspec(m.input_quantizer),
-                  "output": _qspec(m.output_quantizer),
-                  "same_pad": list(getattr(m, "same_pad", None) or []) or None}
-              for n, m in quant_layers(model).items()}
-    return {"format": FORMAT, "model": name, "data_config": data_config.to_dict(),
-            "quant": config_to_dict(cfg), "layers": layers,
-            "attached": {where: {n: _qspec(q) for n, q in attached_quantizers(model, where).items()}
-                         for where in WHERE},
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+def quantized_payload(
+    model: nn.Module, name: str, data_config: DataConfig, cfg: QuantConfig
+) -> dict[str, Any]:
+    layers = {
+        n: {
+            "weight": _qspec(m.weight_quantizer),
+            "input": _qspec(m.input_quantizer),
+            "output": _qspec(m.output_quantizer),
+            "same_pad": list(getattr(m, "same_pad", None) or []) or None,
+        }
+        for n, m in quant_layers(model).items()
+    }
+    return {
+        "format": FORMAT,
+        "model": name,
+        "data_config": data_config.to_dict(),
+        "quant": config_to_dict(cfg),
+        "layers": layers,
+        "attached": {
+            where: {n: _qspec(q) for n, q in attached_quantizers(model, where).items()}
+            for where in WHERE
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
 
 
-def save_quantized(model: nn.Module, path: str | Path, name: str, data_config: DataConfig,
-                   cfg: QuantConfig) -> None:
+def save_quantized(
+    model: nn.Module, path: str | Path, name: str, data_config: DataConfig, cfg: QuantConfig
+) -> None:
     torch.save(quantized_payload(model, name, data_config, cfg), path)
 
 
@@ -76,8 +91,12 @@ def apply_payload(model: nn.Module, payload: dict[str, Any]) -> None:
     model.load_state_dict(payload["state_dict"], strict=True)
 
 
-def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
-            attached: dict[str, dict[str, dict]] | None = None) -> None:
+def rebuild(
+    model: nn.Module,
+    layers: dict[str, dict],
+    data_config: DataConfig,
+    attached: dict[str, dict[str, dict]] | None = None,
+) -> None:
     """Give a fresh float model the folded, quantized structure recorded in `layers`, and the
     quantizers attached to module inputs / outputs (see `dfq.quant.attached`)."""
     model.eval()
@@ -87,10 +106,13 @@ def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
         spec = layers[name]
         float_type = next(t for t in QUANT_LAYERS if isinstance(m, t))
         inp = spec["input"]
-        q = QUANT_LAYERS[float_type].from_float(m, spec["weight"]["bits"],
-                                                 None if inp is None else inp["bits"],
-                                                 input_signed=bool(inp and inp["signed"]),
-                                                 same_pad=spec.get("same_pad"))
+        q = QUANT_LAYERS[float_type].from_float(
+            m,
+            spec["weight"]["bits"],
+            None if inp is None else inp["bits"],
+            input_signed=bool(inp and inp["signed"]),
+            same_pad=spec.get("same_pad"),
+        )
         if spec.get("output"):
             q.output_quantizer = Quantizer(spec["output"]["bits"], spec["output"]["signed"])
         return q
@@ -104,6 +126,8 @@ def rebuild(model: nn.Module, layers: dict[str, dict], data_config: DataConfig,
             try:
                 module = model.get_submodule(name)
             except AttributeError:
-                raise DfqError(f"module {name!r} with an attached {where} quantizer does not exist "
-                               "in this model") from None
+                raise DfqError(
+                    f"module {name!r} with an attached {where} quantizer does not exist "
+                    "in this model"
+                ) from None
             attach_quantizer(module, Quantizer(spec["bits"], spec["signed"]), where)

@@ -1,4 +1,5 @@
 """The three pictures of a run directory: calibration.png, losses.png, layers.png."""
+
 from __future__ import annotations
 
 import copy
@@ -16,26 +17,29 @@ SQNR_IMAGES = 64
 
 
 @torch.no_grad()
-def calibration_picture(calib: CalibrationSet, teacher: nn.Module, name: str,
-                        path: Path) -> Path:
+def calibration_picture(calib: CalibrationSet, teacher: nn.Module, name: str, path: Path) -> Path:
     images = calib.images[:SHOWN]
     teacher.eval()
     logits = torch.cat([teacher(x) for x in images.split(64)]).float().cpu()
     dc = calib.data_config
-    return calibration_grid(images, calib.labels[:SHOWN], dc, logits,
-                            class_names(teacher, dc.num_classes, name), path)
+    return calibration_grid(
+        images, calib.labels[:SHOWN], dc, logits, class_names(teacher, dc.num_classes, name), path
+    )
 
 
 def loss_picture(calib: CalibrationSet, report: dict, path: Path) -> Path:
     stages = report.get("stages", {})
-    history = {"synthesize": calib.metadata.get("history") or [],
-               "reconstruct": stages.get("reconstruct", {}).get("block_losses") or {},
-               "distill": stages.get("distill", {}).get("history") or []}
+    history = {
+        "synthesize": calib.metadata.get("history") or [],
+        "reconstruct": stages.get("reconstruct", {}).get("block_losses") or {},
+        "distill": stages.get("distill", {}).get("history") or [],
+    }
     return loss_curves(history, path)
 
 
-def layer_picture(qmodel: nn.Module, teacher: nn.Module, images: torch.Tensor,
-                  path: Path) -> tuple[Path, list[dict]]:
+def layer_picture(
+    qmodel: nn.Module, teacher: nn.Module, images: torch.Tensor, path: Path
+) -> tuple[Path, list[dict]]:
     """Per-layer SQNR against the FP model with its BatchNorm folded (same layer names)."""
     fp = copy.deepcopy(teacher).eval()
     fold_bn(fp, images[:2])
@@ -43,8 +47,9 @@ def layer_picture(qmodel: nn.Module, teacher: nn.Module, images: torch.Tensor,
     return layer_errors(rows, path), rows
 
 
-def write_pictures(out: Path, calib: CalibrationSet, teacher: nn.Module, qmodel: nn.Module,
-                   report: dict, name: str) -> dict[str, str]:
+def write_pictures(
+    out: Path, calib: CalibrationSet, teacher: nn.Module, qmodel: nn.Module, report: dict, name: str
+) -> dict[str, str]:
     """All three into directory `out`; returns name -> file name, for report.md."""
     calibration_picture(calib, teacher, name, out / "calibration.png")
     loss_picture(calib, report, out / "losses.png")

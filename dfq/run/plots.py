@@ -5,6 +5,7 @@
 Figures are drawn with matplotlib's Agg canvas directly: no display, no global backend switch.
 Each `*_figure` builder returns the Figure (for notebooks and tests); the writers save it as PNG.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,18 @@ from dfq.files import atomic_path
 from dfq.models.data_config import DataConfig
 from dfq.quant.layers import quant_layers
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 MAX_SQNR_DB = 100.0  # an exact layer (zero error) is shown as this, not infinity
 CELL = 1.3  # inches per calibration image
 
@@ -67,9 +78,15 @@ def _name(i: int, names: Sequence[str] | None) -> str:
     return names[i] if names is not None and 0 <= i < len(names) else str(i)
 
 
-def calibration_figure(images: torch.Tensor, labels: torch.Tensor, data_config: DataConfig,
-                       teacher_logits: torch.Tensor, class_names: Sequence[str] | None = None,
-                       max_classes: int = 10, per_class: int = 8) -> Figure:
+def calibration_figure(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    data_config: DataConfig,
+    teacher_logits: torch.Tensor,
+    class_names: Sequence[str] | None = None,
+    max_classes: int = 10,
+    per_class: int = 8,
+) -> Figure:
     """One row per target class, each image titled with the FP model's top class and confidence.
 
     Green titles: the FP model agrees with the target. Unlabelled images (labels < 0, real images
@@ -99,13 +116,17 @@ def calibration_figure(images: torch.Tensor, labels: torch.Tensor, data_config: 
             i = idx[k]
             _show(ax, pixels[i])
             p = int(pred[i])
-            ax.set_title(f"{_name(p, class_names)} {float(conf[i]):.2f}", fontsize=7,
-                         color="black" if by_prediction else ("green" if p == c else "red"))
+            ax.set_title(
+                f"{_name(p, class_names)} {float(conf[i]):.2f}",
+                fontsize=7,
+                color="black" if by_prediction else ("green" if p == c else "red"),
+            )
         prefix = "predicted " if by_prediction else ""
         axes[r][0].set_ylabel(prefix + _name(c, class_names), fontsize=8)
     what = "FP model's prediction" if by_prediction else "target class"
-    fig.suptitle(f"Calibration images by {what}; titles: FP model's top class and confidence",
-                 fontsize=9)
+    fig.suptitle(
+        f"Calibration images by {what}; titles: FP model's top class and confidence", fontsize=9
+    )
     fig.tight_layout()
     return fig
 
@@ -117,12 +138,23 @@ def _show(ax: Axes, img: torch.Tensor) -> None:
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
 
 
-def calibration_grid(images: torch.Tensor, labels: torch.Tensor, data_config: DataConfig,
-                     teacher_logits: torch.Tensor, class_names: Sequence[str] | None,
-                     path: str | Path, max_classes: int = 10, per_class: int = 8) -> Path:
+def calibration_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    data_config: DataConfig,
+    teacher_logits: torch.Tensor,
+    class_names: Sequence[str] | None,
+    path: str | Path,
+    max_classes: int = 10,
+    per_class: int = 8,
+) -> Path:
     """`calibration_figure` written as PNG to `path`."""
-    return save_png(calibration_figure(images, labels, data_config, teacher_logits, class_names,
-                                       max_classes, per_class), path)
+    return save_png(
+        calibration_figure(
+            images, labels, data_config, teacher_logits, class_names, max_classes, per_class
+        ),
+        path,
+    )
 
 
 def loss_figure(history: dict) -> Figure:
@@ -133,14 +165,19 @@ def loss_figure(history: dict) -> Figure:
         fig.text(0.5, 0.5, "no losses recorded", ha="center", va="center")
         return fig
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    for ax, key in zip(axes, panels):
+    for ax, key in zip(axes, panels, strict=True):
         if key == "reconstruct":
             _block_bars(ax, history[key])
         else:
             _curves(ax, history[key])
-        ax.set_title({"synthesize": "Synthesis losses per step",
-                      "reconstruct": "Block reconstruction loss, before and after",
-                      "distill": "Distillation losses per step"}[key], fontsize=10)
+        ax.set_title(
+            {
+                "synthesize": "Synthesis losses per step",
+                "reconstruct": "Block reconstruction loss, before and after",
+                "distill": "Distillation losses per step",
+            }[key],
+            fontsize=10,
+        )
     fig.tight_layout()
     return fig
 
@@ -149,7 +186,8 @@ def _curves(ax: Axes, records: list[dict]) -> None:
     """Every numeric key but `step` against the step (the record index if steps restart)."""
     steps = [r.get("step") for r in records]
     increasing = all(isinstance(s, (int, float)) for s in steps) and all(
-        b > a for a, b in pairwise(steps))
+        b > a for a, b in pairwise(steps)
+    )
     x = steps if increasing else list(range(len(records)))
     keys = [k for k in records[0] if k != "step" and isinstance(records[0][k], (int, float))]
     values = []
@@ -204,11 +242,15 @@ def layer_figure(rows: list[dict]) -> Figure:
     ax.set_yticks(pos)
     ax.set_yticklabels([f"{r['layer']} {_bits_label(r)}" for r in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.legend(handles=[Patch(color=c, label=f"{b}-bit weights") for b, c in colours.items()],
-              fontsize=8, loc="lower right")
+    ax.legend(
+        handles=[Patch(color=c, label=f"{b}-bit weights") for b, c in colours.items()],
+        fontsize=8,
+        loc="lower right",
+    )
     ax.set_xlabel("SQNR (dB) of the layer output vs the FP model")
-    ax.set_title("Per-layer SQNR, higher is better (low bars: the layers that lose most)",
-                 fontsize=10)
+    ax.set_title(
+        "Per-layer SQNR, higher is better (low bars: the layers that lose most)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -219,8 +261,13 @@ def layer_errors(rows: list[dict], path: str | Path) -> Path:
 
 
 @torch.no_grad()
-def layer_sqnr(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor,
-               names: Sequence[str] | None = None, batch_size: int = 32) -> list[dict]:
+def layer_sqnr(
+    qmodel: nn.Module,
+    fpmodel: nn.Module,
+    images: torch.Tensor,
+    names: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> list[dict]:
     """SQNR in dB of each quantized layer's output against the FP model's, on the same images.
 
     Both models see the same input, so the error at a layer includes what earlier layers passed
@@ -229,8 +276,9 @@ def layer_sqnr(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor,
     """
     layers = quant_layers(qmodel)
     fp_modules = dict(fpmodel.named_modules())
-    wanted = [n for n in (names if names is not None else layers)
-              if n in layers and n in fp_modules]
+    wanted = [
+        n for n in (names if names is not None else layers) if n in layers and n in fp_modules
+    ]
     signal = dict.fromkeys(wanted, 0.0)
     noise = dict.fromkeys(wanted, 0.0)
     fp_out: dict[str, torch.Tensor] = {}
@@ -243,6 +291,7 @@ def layer_sqnr(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor,
             ref = fp_out.pop(name).to(out.device)
             signal[name] += float(ref.pow(2).sum())
             noise[name] += float((out.detach().double() - ref).pow(2).sum())
+
         return hook
 
     handles = [fp_modules[n].register_forward_hook(keep(n)) for n in wanted]
@@ -260,10 +309,17 @@ def layer_sqnr(qmodel: nn.Module, fpmodel: nn.Module, images: torch.Tensor,
             h.remove()
         for m, was_training in modes:
             m.train(was_training)
-    return [{"layer": n, "sqnr_db": round(_db(signal[n], noise[n]), 2),
-             "wbits": int(layers[n].weight_quantizer.bits),
-             "abits": None if layers[n].input_quantizer is None
-             else int(layers[n].input_quantizer.bits)} for n in wanted]
+    return [
+        {
+            "layer": n,
+            "sqnr_db": round(_db(signal[n], noise[n]), 2),
+            "wbits": int(layers[n].weight_quantizer.bits),
+            "abits": None
+            if layers[n].input_quantizer is None
+            else int(layers[n].input_quantizer.bits),
+        }
+        for n in wanted
+    ]
 
 
 def _db(signal: float, noise: float) -> float:

@@ -6,6 +6,7 @@ temporary directory that becomes the final one at the end, so an interrupted run
 half-written result. Finished synthesis rounds and the quantized model are kept in the output's
 work directory (`dfq.run.resume`), so `--resume` continues an interrupted run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,12 +54,23 @@ def load_calib(path: str | Path, data_config: DataConfig, limit: int | None) -> 
     return CalibrationSet(x, y, {"data_config": data_config.to_dict(), "source": str(path)})
 
 
-def run_quantize(model: nn.Module, name: str, data_config: DataConfig, cfg: QuantConfig,
-                 out: str | Path, calib: str | Path | None = None,
-                 synth_cfg: SynthConfig | None = None, seed: int = 0, device: str = "cpu",
-                 overwrite: bool = False, progress: bool = True, export: bool = True,
-                 eval_data: str | Path | None = None, resume: bool = False,
-                 recipe_choice: dict | None = None) -> dict[str, Any]:
+def run_quantize(
+    model: nn.Module,
+    name: str,
+    data_config: DataConfig,
+    cfg: QuantConfig,
+    out: str | Path,
+    calib: str | Path | None = None,
+    synth_cfg: SynthConfig | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    export: bool = True,
+    eval_data: str | Path | None = None,
+    resume: bool = False,
+    recipe_choice: dict | None = None,
+) -> dict[str, Any]:
     """Calibrate, quantize, fine-tune and write every output to `out`; returns the report.
 
     `eval_data`: the user's real labelled images, on which FP, the quantized model and
@@ -69,44 +81,105 @@ def run_quantize(model: nn.Module, name: str, data_config: DataConfig, cfg: Quan
     if out.exists() and not overwrite:
         raise DfqError(f"{out} already exists; choose another --out or pass --overwrite")
     recipe = resolved_recipe(cfg, None if calib else synth_cfg)
-    work = WorkDir(out, {"command": "quantize", "model": name, "seed": seed, "recipe": recipe,
-                         "calibration": str(calib) if calib else "synthesized"}, resume)
+    work = WorkDir(
+        out,
+        {
+            "command": "quantize",
+            "model": name,
+            "seed": seed,
+            "recipe": recipe,
+            "calibration": str(calib) if calib else "synthesized",
+        },
+        resume,
+    )
     start = time.perf_counter()
     model = model.eval().to(device)
     teacher = copy.deepcopy(model)
-    calib_set, synth_seconds = _calibration(model, name, data_config, cfg, synth_cfg, calib, seed,
-                                            device, progress, work)
+    calib_set, synth_seconds = _calibration(
+        model, name, data_config, cfg, synth_cfg, calib, seed, device, progress, work
+    )
     report = _quantized(model, teacher, cfg, calib_set, seed, progress, work)
     if synth_seconds is not None:
-        report["stages"] = {"synthesize": {"seconds": synth_seconds,
-                                           "losses": calib_set.metadata.get("final_losses")},
-                            **report["stages"]}
-    report = {"command": "quantize", "model": name, "data_config": data_config.to_dict(),
-              "seed": seed, "device": str(device), "versions": versions(), "config": recipe,
-              "recipe_choice": recipe_choice or {},
-              "method": None if calib else synth_cfg.method,
-              "calibration": str(calib) if calib else "synthesized", **report,
-              "resumed": work.resumed, "total_seconds": round(time.perf_counter() - start, 3)}
-    write_outputs(out, model.cpu(), teacher.cpu(), name, data_config, cfg, calib_set, report,
-                  recipe, overwrite, export, eval_data, progress)
+        report["stages"] = {
+            "synthesize": {
+                "seconds": synth_seconds,
+                "losses": calib_set.metadata.get("final_losses"),
+            },
+            **report["stages"],
+        }
+    report = {
+        "command": "quantize",
+        "model": name,
+        "data_config": data_config.to_dict(),
+        "seed": seed,
+        "device": str(device),
+        "versions": versions(),
+        "config": recipe,
+        "recipe_choice": recipe_choice or {},
+        "method": None if calib else synth_cfg.method,
+        "first_last_bits": cfg.edge_bits,
+        "calibration": str(calib) if calib else "synthesized",
+        **report,
+        "resumed": work.resumed,
+        "total_seconds": round(time.perf_counter() - start, 3),
+    }
+    write_outputs(
+        out,
+        model.cpu(),
+        teacher.cpu(),
+        name,
+        data_config,
+        cfg,
+        calib_set,
+        report,
+        recipe,
+        overwrite,
+        export,
+        eval_data,
+        progress,
+    )
     work.finish()
     return report
 
 
-def _calibration(model: nn.Module, name: str, data_config: DataConfig, cfg: QuantConfig,
-                 synth_cfg: SynthConfig | None, calib: str | Path | None, seed: int, device: str,
-                 progress: bool, work: WorkDir) -> tuple[CalibrationSet, float | None]:
+def _calibration(
+    model: nn.Module,
+    name: str,
+    data_config: DataConfig,
+    cfg: QuantConfig,
+    synth_cfg: SynthConfig | None,
+    calib: str | Path | None,
+    seed: int,
+    device: str,
+    progress: bool,
+    work: WorkDir,
+) -> tuple[CalibrationSet, float | None]:
     if calib is not None:
         return load_calib(calib, data_config, synth_cfg.num_images if synth_cfg else None), None
     start = time.perf_counter()
     student = quantized_student(model, cfg, data_config, synth_cfg.seed, device)
-    calib_set = synthesize(model, synth_cfg, data_config, student=student, progress=progress,
-                           device=device, model_name=name, store=work)
+    calib_set = synthesize(
+        model,
+        synth_cfg,
+        data_config,
+        student=student,
+        progress=progress,
+        device=device,
+        model_name=name,
+        store=work,
+    )
     return calib_set, round(time.perf_counter() - start, 3)
 
 
-def _quantized(model: nn.Module, teacher: nn.Module, cfg: QuantConfig, calib_set: CalibrationSet,
-               seed: int, progress: bool, work: WorkDir) -> dict[str, Any]:
+def _quantized(
+    model: nn.Module,
+    teacher: nn.Module,
+    cfg: QuantConfig,
+    calib_set: CalibrationSet,
+    seed: int,
+    progress: bool,
+    work: WorkDir,
+) -> dict[str, Any]:
     """`quantize_` on the set (or its live source), or the quantized model a resumed run kept."""
     saved = work.load_stage("quantized")
     if saved is not None:
@@ -123,10 +196,21 @@ def _quantized(model: nn.Module, teacher: nn.Module, cfg: QuantConfig, calib_set
     return report
 
 
-def write_outputs(out: Path, model: nn.Module, teacher: nn.Module, name: str,
-                  data_config: DataConfig, cfg: QuantConfig, calib_set: CalibrationSet,
-                  report: dict, recipe: dict, overwrite: bool, export: bool = True,
-                  eval_data: str | Path | None = None, progress: bool = True) -> None:
+def write_outputs(
+    out: Path,
+    model: nn.Module,
+    teacher: nn.Module,
+    name: str,
+    data_config: DataConfig,
+    cfg: QuantConfig,
+    calib_set: CalibrationSet,
+    report: dict,
+    recipe: dict,
+    overwrite: bool,
+    export: bool = True,
+    eval_data: str | Path | None = None,
+    progress: bool = True,
+) -> None:
     """All outputs into a temporary directory, renamed to `out` at the end (Ctrl-C safe).
 
     The ONNX export comes first: it prepares the model for fused integer kernels (output
@@ -137,8 +221,9 @@ def write_outputs(out: Path, model: nn.Module, teacher: nn.Module, name: str,
         tmp.mkdir(parents=True)
         if export:
             start = time.perf_counter()
-            report["export"] = export_quantized(model, tmp, data_config,
-                                                calib_set.images[:EXPORT_CHECK_IMAGES])
+            report["export"] = export_quantized(
+                model, tmp, data_config, calib_set.images[:EXPORT_CHECK_IMAGES]
+            )
             report["export"]["path"] = str(out / ONNX_FILENAME)
             _timed(report, "export", start)
         save_quantized(model, tmp / FILENAME, name, data_config, cfg)
@@ -149,9 +234,14 @@ def write_outputs(out: Path, model: nn.Module, teacher: nn.Module, name: str,
         _timed(report, "pictures", start)
         if eval_data is not None:
             start = time.perf_counter()
-            report["accuracy"] = kept_accuracy(teacher, model, tmp / ONNX_FILENAME if export
-                                               else None, eval_data, data_config,
-                                               progress=progress)
+            report["accuracy"] = kept_accuracy(
+                teacher,
+                model,
+                tmp / ONNX_FILENAME if export else None,
+                eval_data,
+                data_config,
+                progress=progress,
+            )
             _timed(report, "evaluate", start)
         write_json(report, tmp / "report.json")
         write_report_md(report, tmp / "report.md", pictures)

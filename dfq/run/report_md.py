@@ -3,6 +3,7 @@
 Every section is optional: a report from an older run, a run without export or accuracy, or a
 stage that failed early still gives a page, with the missing sections left out.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,17 +15,18 @@ from dfq.progress import format_duration
 
 CAPTIONS = {
     "calibration": "The calibration images, one row per target class; each title is the FP "
-                   "model's top class and its confidence (green: it agrees with the target).",
+    "model's top class and its confidence (green: it agrees with the target).",
     "losses": "Losses of each stage: they should fall during synthesis and distillation, and "
-              "each block's loss should be lower after reconstruction than before.",
+    "each block's loss should be lower after reconstruction than before.",
     "layers": "Signal-to-quantization-noise ratio of each layer's output against the FP model, "
-              "first layer on top: the shortest bars (low SQNR) are the layers that lose most, "
-              "the first candidates for more bits.",
+    "first layer on top: the shortest bars (low SQNR) are the layers that lose most, "
+    "the first candidates for more bits.",
 }
 
 
-def write_report_md(report: Mapping[str, Any], path: str | Path,
-                    pictures: Mapping[str, str] | None = None) -> Path:
+def write_report_md(
+    report: Mapping[str, Any], path: str | Path, pictures: Mapping[str, str] | None = None
+) -> Path:
     """Write the summary of `report` (as in report.json) to `path`, with `pictures` embedded.
 
     `pictures` maps a name (`calibration`, `losses`, `layers` get a caption) to a file name
@@ -39,27 +41,36 @@ def write_report_md(report: Mapping[str, Any], path: str | Path,
 
 def render_report_md(report: Mapping[str, Any], pictures: Mapping[str, str]) -> str:
     """The Markdown text of `write_report_md`."""
-    sections = [_summary(report), _accuracy(report), _stages(report), _export(report),
-                _unquantized(report), _pictures(pictures)]
+    sections = [
+        _summary(report),
+        _accuracy(report),
+        _stages(report),
+        _export(report),
+        _unquantized(report),
+        _pictures(pictures),
+    ]
     title = f"# dfq {report.get('command', 'quantize')}: {report.get('model', 'model')}"
     return "\n\n".join([title] + [s for s in sections if s]) + "\n"
 
 
 def _summary(report: Mapping[str, Any]) -> str:
     quant = _get(report, "config", "quant") or {}
-    lines = [f"- **Model:** {report['model']}" if "model" in report else "",
-             f"- **Protocol:** {report.get('protocol', 'deploy')}"]
+    lines = [
+        f"- **Model:** {report['model']}" if "model" in report else "",
+        f"- **Protocol:** {report.get('protocol', 'deploy')}",
+    ]
     if "wbits" in quant or "abits" in quant:
         bits = f"W{quant.get('wbits', '?')}A{quant.get('abits', '?')}"
-        if "first_last_bits" in quant:
-            fl = quant["first_last_bits"]
-            bits += ", first and last layer " + (
-                "the same" if fl == "same" else f"{fl}-bit")
+        fl = report.get("first_last_bits", quant.get("first_last_bits"))
+        if fl is not None:
+            bits += ", first and last layer " + ("the same" if fl == "same" else f"{fl}-bit")
         lines.append(f"- **Bits:** {bits}")
     if "calibration" in report:
         n = report.get("num_calibration_images")
-        lines.append(f"- **Calibration:** {report['calibration']}"
-                     + (f" ({n} images)" if n is not None else ""))
+        lines.append(
+            f"- **Calibration:** {report['calibration']}"
+            + (f" ({n} images)" if n is not None else "")
+        )
     if report.get("method"):
         lines.append(f"- **Method:** {report['method']}")
     for key, label in (("seed", "Seed"), ("device", "Device")):
@@ -74,18 +85,26 @@ def _accuracy(report: Mapping[str, Any]) -> str:
     acc = report.get("accuracy")
     if not isinstance(acc, Mapping):
         return ""
-    rows = [(name, acc[name]) for name in ("fp", "quantized", "onnx")
-            if isinstance(acc.get(name), Mapping)]
-    rows += [(k, v) for k, v in acc.items()
-             if k not in ("fp", "quantized", "onnx") and isinstance(v, Mapping)]
+    rows = [
+        (name, acc[name])
+        for name in ("fp", "quantized", "onnx")
+        if isinstance(acc.get(name), Mapping)
+    ]
+    rows += [
+        (k, v)
+        for k, v in acc.items()
+        if k not in ("fp", "quantized", "onnx") and isinstance(v, Mapping)
+    ]
     if not rows:
         return ""
     fp = acc.get("fp") if isinstance(acc.get("fp"), Mapping) else {}
     out = ["## Accuracy", ""]
     if acc.get("data"):
         out += [f"On `{acc['data']}`; drops are in percentage points against the FP model.", ""]
-    out += ["| model | top-1 (%) | top-5 (%) | top-1 drop | top-5 drop |",
-            "|---|---:|---:|---:|---:|"]
+    out += [
+        "| model | top-1 (%) | top-5 (%) | top-1 drop | top-5 drop |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, r in rows:
         cells = [_num(r.get("top1")), _num(r.get("top5"))]
         if name == "fp":
@@ -136,8 +155,9 @@ def _stage_losses(info: Mapping[str, Any]) -> str:
         parts += [f"{k} {_loss(v)}" for k, v in losses.items() if isinstance(v, (int, float))]
     if isinstance(info.get("kd_loss"), (int, float)):
         parts.append(f"KD {_loss(info['kd_loss'])}")
-    if isinstance(info.get("kd_first"), (int, float)) and isinstance(info.get("kd_last"),
-                                                                     (int, float)):
+    if isinstance(info.get("kd_first"), (int, float)) and isinstance(
+        info.get("kd_last"), (int, float)
+    ):
         parts.append(f"KD {_loss(info['kd_first'])} → {_loss(info['kd_last'])}")
     return ", ".join(parts)
 
@@ -153,13 +173,18 @@ def _export(report: Mapping[str, Any]) -> str:
         return ""
     out = ["## Export check", ""]
     if export.get("path"):
-        out += [f"`{export['path']}` run by ONNX Runtime against the PyTorch model"
-                + (f" on {check['images']} images" if "images" in check else "")
-                + "; deviations in output steps (1/255 of the logits' range).", ""]
-    for key, label, fmt in (("median_max_dev_steps", "median max deviation (steps)", "{:.3g}"),
-                            ("max_dev_steps", "max deviation (steps)", "{:.3g}"),
-                            ("within_tolerance", "images within one step", "{:.1%}"),
-                            ("argmax_agreement", "top-1 agreement", "{:.1%}")):
+        out += [
+            f"`{export['path']}` run by ONNX Runtime against the PyTorch model"
+            + (f" on {check['images']} images" if "images" in check else "")
+            + "; deviations in output steps (1/255 of the logits' range).",
+            "",
+        ]
+    for key, label, fmt in (
+        ("median_max_dev_steps", "median max deviation (steps)", "{:.3g}"),
+        ("max_dev_steps", "max deviation (steps)", "{:.3g}"),
+        ("within_tolerance", "images within one step", "{:.1%}"),
+        ("argmax_agreement", "top-1 agreement", "{:.1%}"),
+    ):
         if isinstance(check.get(key), (int, float)):
             out.append(f"- {label}: {fmt.format(check[key])}")
     return "\n".join(out)
@@ -174,8 +199,10 @@ def _unquantized(report: Mapping[str, Any]) -> str:
     if isinstance(layers, Mapping):
         entries = [f"`{n}`: {why}" for n, why in layers.items()]
     else:  # "name (Type): why", as `dfq.quant.insert` words them
-        entries = [f"`{e.split(' ', 1)[0]}` {e.split(' ', 1)[1]}" if " " in e else f"`{e}`"
-                   for e in map(str, layers)]
+        entries = [
+            f"`{e.split(' ', 1)[0]}` {e.split(' ', 1)[1]}" if " " in e else f"`{e}`"
+            for e in map(str, layers)
+        ]
     body = "\n".join(f"- {e}" for e in entries)
     return "## Unquantized layers\n\nThese stay in floating point:\n\n" + body
 

@@ -6,6 +6,7 @@ named stages (`stage_NAME.pt`). A run that finishes removes it; an interrupted o
 `--resume` whose model, recipe or seed differ is refused with one line: continuing would mix two
 different runs into one output.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ class WorkDir:
         manifest = self.path / "manifest.json"
         if resume:
             if not manifest.is_file():
-                raise DfqError(f"nothing to resume: {self.path} does not exist; run without "
-                               "--resume")
+                raise DfqError(
+                    f"nothing to resume: {self.path} does not exist; run without --resume"
+                )
             _same(json.loads(manifest.read_text()), self.identity, self.path)
         else:
             remove_path(self.path)
@@ -47,8 +49,13 @@ class WorkDir:
         return Round(data["images"], data["labels"], data["terms"], data["history"]), data["state"]
 
     def save(self, r: int, result: Round, state: dict) -> None:
-        data = {"images": result.images.cpu(), "labels": result.labels.cpu(),
-                "terms": result.terms, "history": result.history, "state": state}
+        data = {
+            "images": result.images.cpu(),
+            "labels": result.labels.cpu(),
+            "terms": result.terms,
+            "history": result.history,
+            "state": state,
+        }
         with atomic_path(self.path / f"round_{r:04d}.pt", overwrite=True) as tmp:
             torch.save(data, tmp)
 
@@ -70,9 +77,11 @@ class WorkDir:
 def _same(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
     for key in ("command", "model", "seed", "recipe"):
         if saved.get(key) != now.get(key):
-            raise DfqError(f"--resume: {path} was made with another {key} "
-                           f"({_short(saved.get(key))} then, {_short(now.get(key))} now); "
-                           "rerun without --resume to start over")
+            raise DfqError(
+                f"--resume: {path} was made with another {key} "
+                f"({_short(saved.get(key))} then, {_short(now.get(key))} now); "
+                "rerun without --resume to start over"
+            )
 
 
 def _short(value: Any) -> str:

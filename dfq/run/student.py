@@ -4,6 +4,7 @@ It starts range-initialized on Gaussian noise (so the adversarial term has a qua
 probe from the first batch); once the first batch exists its activation ranges are set again on
 those images, and RGAL's alternation trains its step sizes and biases between batches.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,11 +21,17 @@ from dfq.synth import Student
 NOISE_IMAGES = 64
 
 
-def quantized_student(model: nn.Module, cfg: QuantConfig, data_config: DataConfig, seed: int,
-                      device: str | torch.device) -> Student:
+def quantized_student(
+    model: nn.Module,
+    cfg: QuantConfig,
+    data_config: DataConfig,
+    seed: int,
+    device: str | torch.device,
+) -> Student:
     student = copy.deepcopy(model).eval().to(device)
-    noise = torch.randn(NOISE_IMAGES, *data_config.input_size,
-                        generator=torch.Generator().manual_seed(seed)).to(device)
+    noise = torch.randn(
+        NOISE_IMAGES, *data_config.input_size, generator=torch.Generator().manual_seed(seed)
+    ).to(device)
     prepare(student, cfg, list(noise.split(cfg.calib_batch_size)))
 
     def refresh(images: torch.Tensor) -> None:

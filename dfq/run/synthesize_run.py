@@ -4,6 +4,7 @@ Methods that play against a student (RGAL's adversarial term, DFAD's game) get t
 to W4A4 with the default protocol: the set is for quantizers, and that is the student it should
 challenge. Finished rounds are kept beside the output so `--resume` continues an interrupted run.
 """
+
 from __future__ import annotations
 
 import time
@@ -31,10 +32,18 @@ def default_output(model_name: str, fmt: str) -> Path:
     return Path(f"{stem}-calib.npz" if fmt == "npz" else f"{stem}-calib")
 
 
-def run_synthesize(model: nn.Module, name: str, data_config: DataConfig, cfg: SynthConfig,
-                   out: str | Path, fmt: str = "npz", device: str = "cpu",
-                   overwrite: bool = False, progress: bool = True,
-                   resume: bool = False) -> CalibrationSet:
+def run_synthesize(
+    model: nn.Module,
+    name: str,
+    data_config: DataConfig,
+    cfg: SynthConfig,
+    out: str | Path,
+    fmt: str = "npz",
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    resume: bool = False,
+) -> CalibrationSet:
     """Synthesize and write the set as `fmt`, plus `<out>.report.json`, `<out>.calibration.png`
     and `<out>.losses.png` beside it."""
     if fmt not in FORMATS:
@@ -42,21 +51,42 @@ def run_synthesize(model: nn.Module, name: str, data_config: DataConfig, cfg: Sy
     out = Path(out)
     if out.exists() and not overwrite:
         raise DfqError(f"{out} already exists; choose another --out or pass --overwrite")
-    work = WorkDir(out, {"command": "synthesize", "model": name, "seed": cfg.seed,
-                         "recipe": {"synth": config_to_dict(cfg)}}, resume)
+    work = WorkDir(
+        out,
+        {
+            "command": "synthesize",
+            "model": name,
+            "seed": cfg.seed,
+            "recipe": {"synth": config_to_dict(cfg)},
+        },
+        resume,
+    )
     start = time.perf_counter()
     student = None
     if cfg.method != "bn":
         qcfg = QuantConfig(wbits=STUDENT_BITS, abits=STUDENT_BITS)
         student = quantized_student(model, qcfg, data_config, cfg.seed, device)
-    calib = synthesize(model, cfg, data_config, student=student, device=device, model_name=name,
-                       progress=progress, store=work)
+    calib = synthesize(
+        model,
+        cfg,
+        data_config,
+        student=student,
+        device=device,
+        model_name=name,
+        progress=progress,
+        store=work,
+    )
     save_calibration(calib, out, fmt, overwrite=overwrite)
     calibration_picture(calib, model.cpu(), name, _beside(out, "calibration.png"))
     loss_picture(calib, {}, _beside(out, "losses.png"))
-    report: dict[str, Any] = {"command": "synthesize", **calib.metadata, "out": str(out),
-                              "format": fmt, "resumed": work.resumed,
-                              "total_seconds": round(time.perf_counter() - start, 3)}
+    report: dict[str, Any] = {
+        "command": "synthesize",
+        **calib.metadata,
+        "out": str(out),
+        "format": fmt,
+        "resumed": work.resumed,
+        "total_seconds": round(time.perf_counter() - start, 3),
+    }
     write_json(report, _beside(out, "report.json"))
     work.finish()
     return calib

@@ -1,4 +1,5 @@
 """Versions of everything that shapes a run's numbers, for `report.json`."""
+
 from __future__ import annotations
 
 import platform
@@ -13,9 +14,15 @@ from dfq import __version__
 
 
 def versions() -> dict[str, str]:
-    out = {"dfq": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    out = {
+        "dfq": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     try:
         import timm
 

@@ -4,6 +4,7 @@
 half the time; gradients flow back to the images. `swing` (Genie) shifts the input of every stride-2
 convolution by a random pixel, so the images do not over-fit one sampling grid.
 """
+
 from __future__ import annotations
 
 import random
@@ -31,7 +32,7 @@ def swing_shift(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
     if h < 2 or w < 2:
         return x
     i, j = rng.randint(0, 2), rng.randint(0, 2)
-    return F.pad(x, (1, 1, 1, 1), mode="reflect")[:, :, i:i + h, j:j + w]
+    return F.pad(x, (1, 1, 1, 1), mode="reflect")[:, :, i : i + h, j : j + w]
 
 
 @contextmanager
@@ -39,6 +40,7 @@ def swing(model: nn.Module, rng: random.Random, enabled: bool = True) -> Iterato
     """While active, every stride-2 Conv2d sees a swung input; hooks are removed on exit."""
     handles = []
     if enabled:
+
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             return (swing_shift(inputs[0], rng),) + tuple(inputs[1:])
 

@@ -3,6 +3,7 @@
 Each BatchNorm layer stores the per-channel mean and variance of its input over the real training
 set. A forward hook measures the same statistics on the synthetic batch; the loss is their distance.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,11 @@ BN_TYPES = (nn.BatchNorm2d,)
 
 def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
     """BatchNorm layers that hold running statistics, in forward-definition order."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, BN_TYPES) and m.running_mean is not None and m.running_var is not None]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, BN_TYPES) and m.running_mean is not None and m.running_var is not None
+    ]
 
 
 def require_bn(model: nn.Module, name: str = "the model") -> None:
@@ -63,11 +67,15 @@ class BNStatHooks:
     def _hook(self, name: str):
         def record(module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
             self.losses[name] = bn_stat_loss(inputs[0], module)
+
         return record
 
     def loss(self) -> torch.Tensor:
         if not self.losses:
             raise RuntimeError("no forward pass recorded; run the model inside the context first")
-        terms = [self.losses[n] * (self.first_weight if i == 0 else 1.0)
-                 for i, (n, _) in enumerate(self.layers) if n in self.losses]
+        terms = [
+            self.losses[n] * (self.first_weight if i == 0 else 1.0)
+            for i, (n, _) in enumerate(self.layers)
+            if n in self.losses
+        ]
         return torch.stack(terms).sum()

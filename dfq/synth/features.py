@@ -1,4 +1,5 @@
 """Feature capture for the relation losses: stage outputs and the penultimate vector, by hooks."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ def last_linear(model: nn.Module) -> nn.Linear:
     """The classifier layer, whose input is the penultimate feature vector."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise DfqError("the model has no final Linear layer to take penultimate features from; "
-                       "turn the relation loss off (relation: false in the recipe)")
+        raise DfqError(
+            "the model has no final Linear layer to take penultimate features from; "
+            "turn the relation loss off (relation: false in the recipe)"
+        )
     return linears[-1]
 
 
@@ -25,8 +28,10 @@ def captured_outputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, t
     store: dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
+
         def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
             store[name] = out
+
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     try:
         yield store

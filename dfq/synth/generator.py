@@ -4,6 +4,7 @@ Both produce images in the model's normalized input space and only ever inside t
 can take ([0, 1] before normalization): the generator ends in a sigmoid, pixels are clamped after
 each step. A calibration set with impossible values would stretch a quantizer's activation ranges.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ class Generator(nn.Module):
         super().__init__()
         channels, height, w = size
         self.blocks_n = _num_upsamples(max(height, w))
-        self.init = (math.ceil(height / 2 ** self.blocks_n), math.ceil(w / 2 ** self.blocks_n))
+        self.init = (math.ceil(height / 2**self.blocks_n), math.ceil(w / 2**self.blocks_n))
         self.out_size = (height, w)
         self.fc = nn.Linear(latent_dim, width * self.init[0] * self.init[1])
         self.width = width
@@ -34,8 +35,12 @@ class Generator(nn.Module):
         c = width
         for i in range(self.blocks_n):
             c_out = width if i < self.blocks_n - 1 else max(width // 2, 8)
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                       nn.Conv2d(c, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(c, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.LeakyReLU(0.2),
+            ]
             c = c_out
         layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
@@ -43,12 +48,12 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(len(z), self.width, *self.init)
         x = self.body(x)
-        return x[:, :, :self.out_size[0], :self.out_size[1]]
+        return x[:, :, : self.out_size[0], : self.out_size[1]]
 
 
 def _num_upsamples(side: int) -> int:
     n = 0
-    while math.ceil(side / 2 ** n) > 8:
+    while math.ceil(side / 2**n) > 8:
         n += 1
     return n
 
@@ -77,19 +82,27 @@ class ImageSource(nn.Module):
 
 
 class GeneratorSource(ImageSource):
-    def __init__(self, cfg: SynthConfig, data_config: DataConfig, batch: int,
-                 generator: Generator | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        batch: int,
+        generator: Generator | None = None,
+    ) -> None:
         super().__init__(data_config)
-        self.generator = generator or Generator(cfg.latent_dim, cfg.generator_width,
-                                                data_config.input_size)
+        self.generator = generator or Generator(
+            cfg.latent_dim, cfg.generator_width, data_config.input_size
+        )
         self.latent = nn.Parameter(torch.randn(batch, cfg.latent_dim))
 
     def forward(self) -> torch.Tensor:
         return self.normalize(self.generator(self.latent))
 
     def param_groups(self, cfg: SynthConfig, lr_scale: float) -> list[dict]:
-        return [{"params": self.generator.parameters(), "lr": cfg.lr_generator * lr_scale},
-                {"params": [self.latent], "lr": cfg.lr_latent * lr_scale}]
+        return [
+            {"params": self.generator.parameters(), "lr": cfg.lr_generator * lr_scale},
+            {"params": [self.latent], "lr": cfg.lr_latent * lr_scale},
+        ]
 
 
 class PixelSource(ImageSource):
@@ -116,8 +129,7 @@ class PixelSource(ImageSource):
         self.after_step()
 
 
-def seeded_generator(cfg: SynthConfig, data_config: DataConfig,
-                     device: torch.device) -> Generator:
+def seeded_generator(cfg: SynthConfig, data_config: DataConfig, device: torch.device) -> Generator:
     """A generator initialized from `cfg.seed` alone (the caller's RNG is left untouched), for
     methods that keep one generator across rounds: the set then depends on the seed only."""
     with torch.random.fork_rng(devices=[]):
@@ -126,8 +138,9 @@ def seeded_generator(cfg: SynthConfig, data_config: DataConfig,
     return generator.to(device).train()
 
 
-def make_source(cfg: SynthConfig, data_config: DataConfig, batch: int,
-                generator: Generator | None = None) -> ImageSource:
+def make_source(
+    cfg: SynthConfig, data_config: DataConfig, batch: int, generator: Generator | None = None
+) -> ImageSource:
     """A fresh parameterization for one batch (a given `generator` is reused, not re-made)."""
     if cfg.param == "pixels":
         return PixelSource(cfg, data_config, batch)

@@ -8,6 +8,7 @@ a 224-pixel model costs about 7x less per step at 112), then the images are upsa
 as pixels at full resolution. A loss that turns NaN/inf restarts the batch at a tenth of the
 learning rate, then fails clearly. The host looks at the GPU only every `log_every` steps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,28 +37,44 @@ TERMS = ("bn", "ce", "rel", "adv", "tv", "l2")
 class Inversion:
     """Optimizes batches for `teacher`; `relation` / `student` switch the RGAL terms on."""
 
-    def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-                 relation: bool, student: nn.Module | None, stages: list[str]) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        relation: bool,
+        student: nn.Module | None,
+        stages: list[str],
+    ) -> None:
         self.teacher, self.cfg, self.data_config = teacher, cfg, data_config
         self.relation = relation and cfg.relation and cfg.relation_weight > 0
         self.student = student if cfg.adv_weight > 0 else None
         self.stages = stages
         self.generator: Generator | None = None  # kept across batches unless reinit_generator
 
-    def run(self, targets: torch.Tensor, rng: random.Random, bar: StepBar, tag: str,
-            first_step: int = 0) -> Round:
+    def run(
+        self, targets: torch.Tensor, rng: random.Random, bar: StepBar, tag: str, first_step: int = 0
+    ) -> Round:
         """The best batch for `targets` (on their device), with retries at lower learning rates."""
         for attempt in range(self.cfg.max_retries + 1):
-            result = self._phases(targets, rng, bar, tag, 0.1 ** attempt, first_step)
+            result = self._phases(targets, rng, bar, tag, 0.1**attempt, first_step)
             if result is not None:
                 return result
         raise DfqFailure(
             f"synthesis loss became NaN/inf in batch {tag} even at "
-            f"{0.1 ** self.cfg.max_retries:g}x the learning rate; lower the learning rates or loss "
-            "weights in the recipe")
+            f"{0.1**self.cfg.max_retries:g}x the learning rate; lower the learning rates or loss "
+            "weights in the recipe"
+        )
 
-    def _phases(self, targets: torch.Tensor, rng: random.Random, bar: StepBar, tag: str,
-                lr_scale: float, first_step: int) -> Round | None:
+    def _phases(
+        self,
+        targets: torch.Tensor,
+        rng: random.Random,
+        bar: StepBar,
+        tag: str,
+        lr_scale: float,
+        first_step: int,
+    ) -> Round | None:
         cfg, dc = self.cfg, self.data_config
         c, h, w = dc.input_size
         low = cfg.low_res if 0 < cfg.low_res < max(h, w) else 0
@@ -67,12 +84,21 @@ class Inversion:
         if n_low:
             size = (c, max(1, round(h * low / max(h, w))), max(1, round(w * low / max(h, w))))
             source = self._source(replace(dc, input_size=size), len(targets), targets.device)
-            done = self._optimize(source, targets, n_low, rng, bar, tag, lr_scale, history,
-                                  first_step, jitter_scale=low / max(h, w))
+            done = self._optimize(
+                source,
+                targets,
+                n_low,
+                rng,
+                bar,
+                tag,
+                lr_scale,
+                history,
+                first_step,
+                jitter_scale=low / max(h, w),
+            )
             if done is None:
                 return None
-            images = F.interpolate(done.images, size=(h, w), mode="bilinear",
-                                   align_corners=False)
+            images = F.interpolate(done.images, size=(h, w), mode="bilinear", align_corners=False)
         n_full = cfg.iters - n_low
         if images is None:
             source = self._source(dc, len(targets), targets.device)
@@ -80,35 +106,63 @@ class Inversion:
             source = PixelSource(cfg, dc, len(targets)).to(targets.device)
             source.start_from(images)
         else:
-            return Round(images.clamp(*dc.input_bounds(dc.channel_stats(images.device))),
-                         targets, done.terms, history)
-        done = self._optimize(source, targets, n_full, rng, bar, tag, lr_scale, history,
-                              first_step + n_low, jitter_scale=1.0)
+            return Round(
+                images.clamp(*dc.input_bounds(dc.channel_stats(images.device))),
+                targets,
+                done.terms,
+                history,
+            )
+        done = self._optimize(
+            source,
+            targets,
+            n_full,
+            rng,
+            bar,
+            tag,
+            lr_scale,
+            history,
+            first_step + n_low,
+            jitter_scale=1.0,
+        )
         return None if done is None else Round(done.images, targets, done.terms, history)
 
     def _source(self, dc: DataConfig, batch: int, dev: torch.device) -> ImageSource:
         cfg = self.cfg
         if cfg.param == "generator" and not cfg.reinit_generator:
             if self.generator is None or self.generator.out_size != tuple(dc.input_size[1:]):
-                self.generator = Generator(cfg.latent_dim, cfg.generator_width,
-                                           dc.input_size).to(dev)
+                self.generator = Generator(cfg.latent_dim, cfg.generator_width, dc.input_size).to(
+                    dev
+                )
             return make_source(cfg, dc, batch, self.generator).to(dev)
         return make_source(cfg, dc, batch).to(dev)
 
-    def _optimize(self, source: ImageSource, targets: torch.Tensor, iters: int,
-                  rng: random.Random, bar: StepBar, tag: str, lr_scale: float,
-                  history: list[dict[str, float]], first_step: int,
-                  jitter_scale: float) -> Round | None:
+    def _optimize(
+        self,
+        source: ImageSource,
+        targets: torch.Tensor,
+        iters: int,
+        rng: random.Random,
+        bar: StepBar,
+        tag: str,
+        lr_scale: float,
+        history: list[dict[str, float]],
+        first_step: int,
+        jitter_scale: float,
+    ) -> Round | None:
         """Best batch of `iters` steps on `source`, or None when the loss stops being finite."""
         cfg, dev = self.cfg, targets.device
         source.train()
-        opt = torch.optim.Adam(source.param_groups(cfg, lr_scale), betas=cfg.betas,
-                               fused=dev.type == "cuda")
+        opt = torch.optim.Adam(
+            source.param_groups(cfg, lr_scale), betas=cfg.betas, fused=dev.type == "cuda"
+        )
         best = DeviceBest(dev, cfg.keep_best)
         jitter = max(0, round(cfg.jitter * jitter_scale))
         feats_ctx = self._features() if self.relation else contextlib.nullcontext({})
-        with BNStatHooks(self.teacher, cfg.first_bn_weight) as bn, feats_ctx as feats, \
-                swing(self.teacher, rng, cfg.swing):
+        with (
+            BNStatHooks(self.teacher, cfg.first_bn_weight) as bn,
+            feats_ctx as feats,
+            swing(self.teacher, rng, cfg.swing),
+        ):
             for step in range(1, iters + 1):
                 with autocast(dev, cfg.amp):
                     x = source()
@@ -119,9 +173,10 @@ class Inversion:
                     if not all(math.isfinite(v) for v in values.values()):
                         return None
                     history.append({"step": first_step + step, **values})
-                    bar.step(cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every,
-                             f"batch {tag} " + " ".join(f"{k} {v:.3f}" for k, v in values.items()
-                                                        if v))
+                    bar.step(
+                        cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every,
+                        f"batch {tag} " + " ".join(f"{k} {v:.3f}" for k, v in values.items() if v),
+                    )
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
@@ -133,9 +188,15 @@ class Inversion:
             return captured_outputs(self.teacher, self.stages)
         return penultimate_features(self.teacher)
 
-    def losses(self, x: torch.Tensor, targets: torch.Tensor, bn: BNStatHooks,
-               feats: dict[str, torch.Tensor], jitter: int, rng: random.Random
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def losses(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        bn: BNStatHooks,
+        feats: dict[str, torch.Tensor],
+        jitter: int,
+        rng: random.Random,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
         view = jitter_flip(x, jitter, cfg.flip, rng)
         logits = self.teacher(view.contiguous(memory_format=memory_format(view)))
@@ -144,16 +205,31 @@ class Inversion:
         terms["rel"] = zero
         if self.relation:
             labels = logits.argmax(1).detach() if cfg.relation_labels == "argmax" else targets
-            terms["rel"] = synthesis_relation_loss(list(feats.values()), logits.float(), labels,
-                                                   cfg.relation_margin, cfg.focal_window,
-                                                   cfg.relation_direction, cfg.density_ratio)
+            terms["rel"] = synthesis_relation_loss(
+                list(feats.values()),
+                logits.float(),
+                labels,
+                cfg.relation_margin,
+                cfg.focal_window,
+                cfg.relation_direction,
+                cfg.density_ratio,
+            )
         logits = logits.float()
-        terms["adv"] = (adversarial_loss(logits, self.student(view).float())
-                        if self.student is not None else zero)
+        terms["adv"] = (
+            adversarial_loss(logits, self.student(view).float())
+            if self.student is not None
+            else zero
+        )
         terms["tv"] = total_variation(x) if cfg.tv_weight else zero
         terms["l2"] = x.pow(2).mean() if cfg.l2_weight else zero
-        weights = {"bn": cfg.bn_weight, "ce": cfg.ce_weight, "rel": cfg.relation_weight,
-                   "adv": cfg.adv_weight, "tv": cfg.tv_weight, "l2": cfg.l2_weight}
+        weights = {
+            "bn": cfg.bn_weight,
+            "ce": cfg.ce_weight,
+            "rel": cfg.relation_weight,
+            "adv": cfg.adv_weight,
+            "tv": cfg.tv_weight,
+            "l2": cfg.l2_weight,
+        }
         total = sum(weights[k] * v.float() for k, v in terms.items())
         return total, {k: v.detach().float() for k, v in terms.items()}
 
@@ -167,8 +243,9 @@ class DeviceBest:
         self.images: torch.Tensor | None = None
         self.terms: dict[str, torch.Tensor] = {}
 
-    def offer(self, total: torch.Tensor, images: torch.Tensor,
-              terms: dict[str, torch.Tensor]) -> None:
+    def offer(
+        self, total: torch.Tensor, images: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> None:
         if self.images is None or not self.keep_best:
             self.total, self.images, self.terms = total, images.clone(), dict(terms)
             return
@@ -184,7 +261,7 @@ class DeviceBest:
 def floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     """One host transfer for all loss terms."""
     values = torch.stack([v.float() for v in terms.values()]).tolist()
-    return dict(zip(terms, values))
+    return dict(zip(terms, values, strict=True))
 
 
 def autocast(dev: torch.device, amp: str):
@@ -201,12 +278,17 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
 def adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """Minus the teacher-student KL on samples where both predict the same class (minimized)."""
     agree = (teacher_logits.argmax(1) == student_logits.argmax(1)).float()
-    kl = F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1),
-                  reduction="none", log_target=True).sum(1)
+    kl = F.kl_div(
+        F.log_softmax(student_logits, 1),
+        F.log_softmax(teacher_logits, 1),
+        reduction="none",
+        log_target=True,
+    ).sum(1)
     return -(kl * agree).sum() / agree.sum().clamp(min=1.0)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of neighbouring pixels: a smoothness prior."""
-    return ((x[..., 1:, :] - x[..., :-1, :]).pow(2).mean()
-            + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean())
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(
+        2
+    ).mean()

@@ -6,6 +6,7 @@ made so far. The driver (`dfq.synth.loop.synthesize`) seeds each round on its ow
 is resumed from saved rounds (with the saved `state_dict`) ends with the same images. Adding a
 method means adding one module under `dfq/synth/methods/` that registers a subclass.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -41,8 +42,14 @@ class Synthesizer:
     needs_bn: ClassVar[bool] = True  # matches BatchNorm statistics, so refuses models without BN
     needs_student: ClassVar[bool] = False  # plays a game against the student (DFAD)
 
-    def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-                 student: Student | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        student: Student | None,
+        device: torch.device,
+    ) -> None:
         self.teacher, self.cfg, self.data_config = teacher, cfg, data_config
         self.student, self.device = student, device
 
@@ -64,8 +71,9 @@ class Synthesizer:
         cfg = self.cfg
         if self.student is None or cfg.student_steps <= 0:
             return {}
-        loss = self.student.update(self.teacher, images, cfg.student_steps,
-                                   cfg.student_batch_size, cfg.student_lr, gen)
+        loss = self.student.update(
+            self.teacher, images, cfg.student_steps, cfg.student_batch_size, cfg.student_lr, gen
+        )
         return {} if loss is None else {"student_kd": loss}
 
     def state_dict(self) -> dict:

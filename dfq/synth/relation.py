@@ -17,6 +17,7 @@ in-window weight of the anchor (Wu et al. clip the weighting for the same reason
 the window at any dimension. Everything is computed with fixed shapes (masks, no `nonzero`), so a
 GPU never waits for the host inside a synthesis or distillation step.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,13 @@ def log_inverse_density(dist: torch.Tensor, dim: int) -> torch.Tensor:
     return (2.0 - dim) * d.log() - ((dim - 3) / 2.0) * (1.0 - d.pow(2) / 4.0).clamp(min=1e-12).log()
 
 
-def sample_triplets(logits: torch.Tensor, labels: torch.Tensor, window: tuple[float, float],
-                    clamp: float = 0.0, ratio: float = DENSITY_RATIO
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_triplets(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    window: tuple[float, float],
+    clamp: float = 0.0,
+    ratio: float = DENSITY_RATIO,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For every ordered same-label pair (a, p), one negative n drawn by its anchor's weights.
 
     Returns `neg` (B, B) with neg[a, p] = n, and `mask` (B, B): the pairs that form a triplet
@@ -54,17 +59,23 @@ def sample_triplets(logits: torch.Tensor, labels: torch.Tensor, window: tuple[fl
     """
     with torch.no_grad():
         dist = pairwise_distances(logits.detach())
-        probs, kept = negative_weights(dist, labels, logits.flatten(1).shape[1], window, clamp,
-                                       ratio)
+        probs, kept = negative_weights(
+            dist, labels, logits.flatten(1).shape[1], window, clamp, ratio
+        )
         neg = torch.multinomial(probs, len(labels), replacement=True)
         same = labels[:, None] == labels[None, :]
         same.fill_diagonal_(False)
     return neg, same & kept[:, None]
 
 
-def negative_weights(dist: torch.Tensor, labels: torch.Tensor, dim: int,
-                     window: tuple[float, float], clamp: float = 0.0,
-                     ratio: float = DENSITY_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
+def negative_weights(
+    dist: torch.Tensor,
+    labels: torch.Tensor,
+    dim: int,
+    window: tuple[float, float],
+    clamp: float = 0.0,
+    ratio: float = DENSITY_RATIO,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampling probabilities (B, B) over negatives per anchor row, and which rows have any.
 
     Candidates: another label and lo < d < hi. Weight: inverse sphere density (dimension `dim`) of
@@ -81,8 +92,9 @@ def negative_weights(dist: torch.Tensor, labels: torch.Tensor, dim: int,
     return torch.softmax(log_w, dim=1), kept
 
 
-def triplet_hinge(features: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor, margin: float,
-                  swapped: bool) -> torch.Tensor:
+def triplet_hinge(
+    features: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor, margin: float, swapped: bool
+) -> torch.Tensor:
     """Mean hinge over the masked triplets; `swapped` pushes the positive away, pulls the negative
     in. Zero (with a gradient path) when there is no triplet."""
     dist = pairwise_distances(features)
@@ -92,24 +104,31 @@ def triplet_hinge(features: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor,
     return (F.relu(gap + margin) * m).sum() / m.sum().clamp(min=1.0)
 
 
-def synthesis_relation_loss(features: list[torch.Tensor] | torch.Tensor, logits: torch.Tensor,
-                            labels: torch.Tensor, margin: float = 0.2,
-                            window: tuple[float, float] = FOCAL_WINDOW,
-                            direction: str = "swapped",
-                            ratio: float = DENSITY_RATIO) -> torch.Tensor:
+def synthesis_relation_loss(
+    features: list[torch.Tensor] | torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+    window: tuple[float, float] = FOCAL_WINDOW,
+    direction: str = "swapped",
+    ratio: float = DENSITY_RATIO,
+) -> torch.Tensor:
     """RGAL synthesis-phase loss: focal weighted negatives, hinge summed over feature layers."""
     neg, mask = sample_triplets(logits, labels, window, ratio=ratio)
     layers = features if isinstance(features, (list, tuple)) else [features]
-    return sum(triplet_hinge(pooled(f), neg, mask, margin, direction == "swapped")
-               for f in layers)
+    return sum(triplet_hinge(pooled(f), neg, mask, margin, direction == "swapped") for f in layers)
 
 
-def student_relation_loss(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                          margin: float = 0.2, ratio: float = DENSITY_RATIO) -> torch.Tensor:
+def student_relation_loss(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+    ratio: float = DENSITY_RATIO,
+) -> torch.Tensor:
     """RGAL student-phase loss: standard triplet (pull same label together, push others apart),
     distance weighted negatives (distance clamped at 0.5, below the 1.4 cutoff)."""
-    neg, mask = sample_triplets(logits, labels, DISTANCE_WINDOW, clamp=DISTANCE_CLAMP,
-                                ratio=ratio)
+    neg, mask = sample_triplets(logits, labels, DISTANCE_WINDOW, clamp=DISTANCE_CLAMP, ratio=ratio)
     return triplet_hinge(pooled(features), neg, mask, margin, swapped=False)
 
 

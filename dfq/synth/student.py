@@ -6,6 +6,7 @@ steps on the images made so far let the next batch probe its *current* weakness.
 an update trains, and how the student is re-initialized on the first synthetic images, are decided
 by whoever builds it (`dfq.run` for a quantized student): synthesis only runs the steps.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,8 +22,16 @@ from dfq.modes import trainable
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL divergence of softened logits, scaled by T^2 (Hinton et al.)."""
     t = temperature
-    return F.kl_div(F.log_softmax(student.float() / t, 1), F.log_softmax(teacher.float() / t, 1),
-                    reduction="batchmean", log_target=True) * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student.float() / t, 1),
+            F.log_softmax(teacher.float() / t, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
 
 
 @dataclass
@@ -38,8 +47,15 @@ class Student:
     _opt: torch.optim.Optimizer | None = field(default=None, repr=False)
     _refreshed: bool = field(default=False, repr=False)
 
-    def update(self, teacher: nn.Module, images: torch.Tensor, steps: int, batch_size: int,
-               lr: float, gen: torch.Generator) -> float | None:
+    def update(
+        self,
+        teacher: nn.Module,
+        images: torch.Tensor,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        gen: torch.Generator,
+    ) -> float | None:
         """`steps` KD steps on random batches of `images` (flipped at random); the last loss."""
         self.prepare(images)
         if steps <= 0 or not self.params:
@@ -51,8 +67,9 @@ class Student:
         last = torch.zeros(())
         with trainable(self.params):
             for _ in range(steps):
-                idx = torch.randint(0, len(images), (min(batch_size, len(images)),),
-                                    generator=gen).to(images.device)
+                idx = torch.randint(
+                    0, len(images), (min(batch_size, len(images)),), generator=gen
+                ).to(images.device)
                 x = images[idx]
                 flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -75,9 +92,11 @@ class Student:
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue with this student exactly."""
-        return {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "opt": None if self._opt is None else self._opt.state_dict(),
-                "refreshed": self._refreshed}
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "opt": None if self._opt is None else self._opt.state_dict(),
+            "refreshed": self._refreshed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

@@ -3,6 +3,7 @@
 The common fields drive the BN-statistics inversion that the `bn` and `rgal` methods share; DFAD
 and RDSKD keep their own settings in the nested `dfad:` and `rdskd:` sections.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,8 +66,17 @@ class RdskdConfig:
         _at_least("rdskd.iters", self.iters, 1)
         _at_least("rdskd.student_steps", self.student_steps, 0)
         _positive(self, ("lr_generator", "lr_student", "max_increment"), "rdskd.")
-        _non_negative(self, ("onehot_weight", "activation_weight", "entropy_weight",
-                             "diversity_weight", "bn_weight"), "rdskd.")
+        _non_negative(
+            self,
+            (
+                "onehot_weight",
+                "activation_weight",
+                "entropy_weight",
+                "diversity_weight",
+                "bn_weight",
+            ),
+            "rdskd.",
+        )
         _one_of("rdskd.diversity_reference", self.diversity_reference, DIVERSITY_REFERENCES)
 
 
@@ -135,21 +145,49 @@ class SynthConfig:
             self.dfad = DfadConfig(**self.dfad)
         if isinstance(self.rdskd, dict):
             self.rdskd = RdskdConfig(**self.rdskd)
-        for name in ("num_images", "batch_size", "iters", "latent_dim", "generator_width",
-                     "log_every", "student_batch_size"):
+        for name in (
+            "num_images",
+            "batch_size",
+            "iters",
+            "latent_dim",
+            "generator_width",
+            "log_every",
+            "student_batch_size",
+        ):
             _at_least(name, getattr(self, name), 1)
-        for name in ("jitter", "max_retries", "seed", "class_images", "student_steps", "low_res",
-                     "full_res_iters"):
+        for name in (
+            "jitter",
+            "max_retries",
+            "seed",
+            "class_images",
+            "student_steps",
+            "low_res",
+            "full_res_iters",
+        ):
             _at_least(name, getattr(self, name), 0)
         if self.class_images == 1:
-            raise DfqError("class_images must be 0 (automatic) or at least 2: a triplet needs two "
-                           "images of one class")
+            raise DfqError(
+                "class_images must be 0 (automatic) or at least 2: a triplet needs two "
+                "images of one class"
+            )
         if self.full_res_iters > self.iters:
-            raise DfqError(f"full_res_iters ({self.full_res_iters}) cannot exceed iters "
-                           f"({self.iters})")
+            raise DfqError(
+                f"full_res_iters ({self.full_res_iters}) cannot exceed iters ({self.iters})"
+            )
         _positive(self, ("lr_generator", "lr_latent", "lr_pixels", "student_lr"))
-        _non_negative(self, ("bn_weight", "first_bn_weight", "ce_weight", "relation_weight",
-                             "relation_margin", "adv_weight", "tv_weight", "l2_weight"))
+        _non_negative(
+            self,
+            (
+                "bn_weight",
+                "first_bn_weight",
+                "ce_weight",
+                "relation_weight",
+                "relation_margin",
+                "adv_weight",
+                "tv_weight",
+                "l2_weight",
+            ),
+        )
         if not self.density_ratio >= 1.0:
             raise DfqError(f"density_ratio must be at least 1, got {self.density_ratio}")
         if not isinstance(self.method, str) or not self.method:
@@ -162,7 +200,8 @@ class SynthConfig:
         lo, hi = self.focal_window if len(self.focal_window) == 2 else (1.0, 0.0)
         if not 0 <= lo < hi <= 2:
             raise DfqError(
-                f"focal_window must be two distances 0 <= lo < hi <= 2, got {self.focal_window}")
+                f"focal_window must be two distances 0 <= lo < hi <= 2, got {self.focal_window}"
+            )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise DfqError(f"betas must be two numbers in [0, 1), got {self.betas}")
 

@@ -5,6 +5,7 @@ labels over a random class order gives every batch every class several times. Wi
 (ImageNet: 1,000 classes, batches of 32) that would give no two images of one class, so each batch
 takes the next K classes of a running random permutation of all classes, M images each.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ def images_per_class(batch_size: int, num_classes: int, requested: int = 0) -> i
     return max(2, batch_size // num_classes)
 
 
-def class_targets(n: int, batch_size: int, num_classes: int, per_class: int = 0,
-                  seed: int = 0) -> torch.Tensor:
+def class_targets(
+    n: int, batch_size: int, num_classes: int, per_class: int = 0, seed: int = 0
+) -> torch.Tensor:
     """`n` labels, batch after batch of `batch_size`, grouped K classes x M images per batch."""
     gen = torch.Generator().manual_seed(seed)
     m = images_per_class(batch_size, num_classes, per_class)

@@ -1,4 +1,5 @@
 """Tiny models run fastest on one thread, especially on a shared machine."""
+
 import pytest
 
 

@@ -17,8 +17,11 @@ def _calib(n=5):
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(n, 3, 8, 8, generator=g)
     mean, std = torch.tensor(DATA.mean).view(1, 3, 1, 1), torch.tensor(DATA.std).view(1, 3, 1, 1)
-    return CalibrationSet((pixels - mean) / std, torch.arange(n) % 3,
-                          {"data_config": DATA.to_dict(), "input_name": "images", "seed": 7})
+    return CalibrationSet(
+        (pixels - mean) / std,
+        torch.arange(n) % 3,
+        {"data_config": DATA.to_dict(), "input_name": "images", "seed": 7},
+    )
 
 
 @pytest.mark.parametrize("fmt, name", [("npz", "c.npz"), ("onnx-pb", "c"), ("png", "c")])

@@ -62,13 +62,19 @@ def test_evaluate_json_is_one_object(tmp_path):
 @pytest.mark.parametrize(
     "x, y, message",
     [
-        (np.zeros((4, 3, 16, 16), np.uint8), np.arange(4), "images are 3x16x16 but the model expects 3x32x32"),
+        (
+            np.zeros((4, 3, 16, 16), np.uint8),
+            np.arange(4),
+            "images are 3x16x16 but the model expects 3x32x32",
+        ),
         (np.zeros((4, 3, 32, 32), np.uint8), np.array([0, 1, 2, 10]), "labels range over 0..10"),
         (np.zeros((4, 32, 32), np.uint8), np.arange(4), "non-empty 4-D array"),
     ],
 )
 def test_bad_data_exit_2(tmp_path, x, y, message):
-    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", _tiny_npz(tmp_path, x, y))
+    res = run(
+        "evaluate", "cifar10_resnet20", "--no-pretrained", "--data", _tiny_npz(tmp_path, x, y)
+    )
     assert res.exit_code == 2
     assert message in res.stderr and "Traceback" not in res.output
 
@@ -101,8 +107,15 @@ def test_bad_preprocessing_flags_are_usage_errors(flags, message):
 
 def test_mean_of_wrong_length_is_one_line(tmp_path):
     x = np.zeros((2, 3, 32, 32), np.uint8)
-    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", _tiny_npz(tmp_path, x, np.arange(2)),
-              "--mean", "0.5,0.5")
+    res = run(
+        "evaluate",
+        "cifar10_resnet20",
+        "--no-pretrained",
+        "--data",
+        _tiny_npz(tmp_path, x, np.arange(2)),
+        "--mean",
+        "0.5,0.5",
+    )
     assert res.exit_code == 2 and "mean and std need 3 values" in res.stderr
 
 
@@ -111,8 +124,16 @@ def test_input_size_override_lets_a_224_model_read_32px_data(tmp_path):
     path = _tiny_npz(tmp_path, x, np.arange(3))
     res = run("evaluate", "torchvision:resnet18", "--no-pretrained", "--data", path)
     assert res.exit_code == 2 and "pass --input-size" in res.stderr
-    res = run("evaluate", "torchvision:resnet18", "--no-pretrained", "--data", path,
-              "--input-size", "32", "--json")
+    res = run(
+        "evaluate",
+        "torchvision:resnet18",
+        "--no-pretrained",
+        "--data",
+        path,
+        "--input-size",
+        "32",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["n"] == 3
 
@@ -120,12 +141,16 @@ def test_input_size_override_lets_a_224_model_read_32px_data(tmp_path):
 def test_pickled_model_file_explains_the_risk(tmp_path):
     import torch
 
-    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)), tmp_path / "m.pt")
+    torch.save(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)), tmp_path / "m.pt"
+    )
     x = np.zeros((2, 3, 32, 32), np.uint8)
     data = _tiny_npz(tmp_path, x, np.arange(2))
     res = run("evaluate", tmp_path / "m.pt", "--data", data, "--input-size", "32")
     assert res.exit_code == 2 and "--trust-checkpoint" in res.stderr and "runs code" in res.stderr
-    res = run("evaluate", tmp_path / "m.pt", "--data", data, "--input-size", "32", "--trust-checkpoint")
+    res = run(
+        "evaluate", tmp_path / "m.pt", "--data", data, "--input-size", "32", "--trust-checkpoint"
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -140,16 +165,21 @@ def test_text_file_as_weights_says_what_it_is(tmp_path):
     text.write_text("hello world, these are not weights\n")
     res = run("evaluate", "cifar10_resnet20", "--weights", text, "--data", "x.npz")
     assert res.exit_code == 2
-    assert res.stderr.strip() == (f"error: {text} is not a PyTorch checkpoint: it looks like a "
-                                  "text file (starts with 'hello world, these a...')")
+    assert res.stderr.strip() == (
+        f"error: {text} is not a PyTorch checkpoint: it looks like a "
+        "text file (starts with 'hello world, these a...')"
+    )
 
 
-@pytest.mark.parametrize("command", [
-    ["evaluate", "resnt18", "--data", "x.npz"],
-    ["quantize", "resnt18", "--bits", "8"],
-    ["synthesize", "resnt18"],
-    ["export", "resnt18", "--out", "x.onnx"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "resnt18", "--data", "x.npz"],
+        ["quantize", "resnt18", "--bits", "8"],
+        ["synthesize", "resnt18"],
+        ["export", "resnt18", "--out", "x.onnx"],
+    ],
+)
 def test_debug_after_the_command_shows_the_exception(command):
     res = run(*command, "--debug")
     assert res.exit_code != 0 and isinstance(res.exception, DfqError)
@@ -162,8 +192,9 @@ def test_debug_after_the_command_shows_the_exception(command):
 def test_debug_traceback_in_a_real_process():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "dfq", "evaluate", "resnt18", "--data", "x.npz"]
-    with_debug = subprocess.run([*args, "--debug"], env=env, capture_output=True, text=True,
-                                check=False)
+    with_debug = subprocess.run(
+        [*args, "--debug"], env=env, capture_output=True, text=True, check=False
+    )
     assert with_debug.returncode == 1 and "Traceback" in with_debug.stderr
     assert "DfqError: unknown model 'resnt18'" in with_debug.stderr
 
@@ -184,9 +215,24 @@ def test_help_lists_every_choice(name, command):
             assert param.help, (name, param.name)
 
 
-SHARED = ("weights", "pretrained", "num_classes", "input_size", "mean", "std", "interpolation",
-          "crop_pct", "num_images", "recipe", "sets", "seed", "device", "overwrite", "threads",
-          "debug")
+SHARED = (
+    "weights",
+    "pretrained",
+    "num_classes",
+    "input_size",
+    "mean",
+    "std",
+    "interpolation",
+    "crop_pct",
+    "num_images",
+    "recipe",
+    "sets",
+    "seed",
+    "device",
+    "overwrite",
+    "threads",
+    "debug",
+)
 
 
 def test_shared_options_have_one_type_and_help():

@@ -1,4 +1,5 @@
 """Issue 19: SIGTERM (what batch schedulers send) stops a run like Ctrl-C: no partial output."""
+
 import os
 import signal
 import subprocess
@@ -38,9 +39,27 @@ def test_sigterm_leaves_no_output_and_exits_143(tmp_path, slow_recipe):
     out = tmp_path / "q"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dfq", "quantize", "cifar10_resnet20", "--no-pretrained", "--bits",
-         "8", "--recipe", str(slow_recipe), "--out", str(out), "--threads", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "dfq",
+            "quantize",
+            "cifar10_resnet20",
+            "--no-pretrained",
+            "--bits",
+            "8",
+            "--recipe",
+            str(slow_recipe),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     stderr: list[bytes] = []
     reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: proc.stderr.read(1), b"")))
     reader.start()
@@ -68,10 +87,25 @@ def test_sigterm_while_writing_removes_the_temporary_directory(tmp_path, monkeyp
     np.savez(data, x=rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), y=np.arange(8))
     out = tmp_path / "q"
     before = signal.getsignal(signal.SIGTERM)
-    res = CliRunner().invoke(main, [
-        "quantize", "cifar10_resnet20", "--no-pretrained", "--bits", "8", "--calib", str(data),
-        "--set", "quant.reconstruct=false", "--set", "quant.kd_iters=0", "--no-export",
-        "--out", str(out)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "quantize",
+            "cifar10_resnet20",
+            "--no-pretrained",
+            "--bits",
+            "8",
+            "--calib",
+            str(data),
+            "--set",
+            "quant.reconstruct=false",
+            "--set",
+            "quant.kd_iters=0",
+            "--no-export",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 143 and res.stderr.strip().splitlines()[-1] == "interrupted"
     # nothing under a final name, no temporary output; the work --resume continues is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == [".q.partial", "d.npz"]

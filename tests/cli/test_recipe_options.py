@@ -1,4 +1,5 @@
 """Issue 19: a partial --recipe layers over the shipped recipe; --set changes single values."""
+
 import json
 
 import onnx
@@ -25,8 +26,12 @@ def record_quantize(monkeypatch):
 
     def fake_run(model, name, data_config, cfg, out, **kwargs):
         seen.update(cfg=cfg, **kwargs)
-        return {"stages": {}, "total_seconds": 0.0, "num_calibration_images": 0,
-                "unquantized_layers": []}
+        return {
+            "stages": {},
+            "total_seconds": 0.0,
+            "num_calibration_images": 0,
+            "unquantized_layers": [],
+        }
 
     monkeypatch.setattr("dfq.cli.quantize_cmd.run_quantize", fake_run)
     return seen
@@ -39,13 +44,34 @@ def test_partial_recipe_layers_over_the_shipped_one_and_is_written(tmp_path):
     cifar = load_recipe("cifar")
     assert cifar["synth"]["lr_generator"] != SynthConfig().lr_generator  # else this proves nothing
     recipe = tmp_path / "partial.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "synth": {"num_images": 16, "batch_size": 8, "iters": 50},
-        "quant": {"calib_batch_size": 8, "recon_iters": 2, "recon_batch_size": 4,
-                  "kd_batch_size": 4}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "synth": {"num_images": 16, "batch_size": 8, "iters": 50},
+                "quant": {
+                    "calib_batch_size": 8,
+                    "recon_iters": 2,
+                    "recon_batch_size": 4,
+                    "kd_batch_size": 4,
+                },
+            }
+        )
+    )
     out = tmp_path / "q"
-    res = run(*QUANTIZE, "--recipe", recipe, "--set", "synth.iters=2", "--set", "quant.kd_iters=1",
-              "-n", 8, "--no-export", "--out", out)
+    res = run(
+        *QUANTIZE,
+        "--recipe",
+        recipe,
+        "--set",
+        "synth.iters=2",
+        "--set",
+        "quant.kd_iters=1",
+        "-n",
+        8,
+        "--no-export",
+        "--out",
+        out,
+    )
     assert res.exit_code == 0, res.output
     written = yaml.safe_load((out / "recipe.yaml").read_text())
     synth, quant = written["synth"], written["quant"]
@@ -71,9 +97,19 @@ def test_shipped_recipe_name_is_the_base(record_quantize):
 
 
 def test_set_values_are_yaml(record_quantize):
-    res = run(*QUANTIZE, "--set", "synth.betas=[0.4, 0.9]", "--set", "synth.relation=false",
-              "--set", "quant.kd_lr=2e-5", "--set", "quant.act_init=minmax",
-              "--set", "synth.seed=7")
+    res = run(
+        *QUANTIZE,
+        "--set",
+        "synth.betas=[0.4, 0.9]",
+        "--set",
+        "synth.relation=false",
+        "--set",
+        "quant.kd_lr=2e-5",
+        "--set",
+        "quant.act_init=minmax",
+        "--set",
+        "synth.seed=7",
+    )
     assert res.exit_code == 0, res.output
     synth, quant = record_quantize["synth_cfg"], record_quantize["cfg"]
     assert synth.betas == (0.4, 0.9) and synth.relation is False and synth.seed == 7
@@ -82,11 +118,17 @@ def test_set_values_are_yaml(record_quantize):
     assert quant.wbits == 8  # --bits still wins
 
 
-@pytest.mark.parametrize("item, message", [
-    ("synth.itres=3", "error: unknown key 'itres' in synth (--set); did you mean 'iters'?"),
-    ("quant.kd_iter=0", "error: unknown key 'kd_iter' in quant (--set); did you mean 'kd_iters'?"),
-    ("synht.iters=3", "error: unknown section 'synht' in --set; did you mean 'synth'?"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("synth.itres=3", "error: unknown key 'itres' in synth (--set); did you mean 'iters'?"),
+        (
+            "quant.kd_iter=0",
+            "error: unknown key 'kd_iter' in quant (--set); did you mean 'kd_iters'?",
+        ),
+        ("synht.iters=3", "error: unknown section 'synht' in --set; did you mean 'synth'?"),
+    ],
+)
 def test_unknown_set_key_is_one_line_with_a_suggestion(item, message):
     for command in (QUANTIZE, ["synthesize", "cifar10_resnet20", "--no-pretrained"]):
         res = run(*command, "--set", item)
@@ -94,8 +136,9 @@ def test_unknown_set_key_is_one_line_with_a_suggestion(item, message):
         assert res.stderr.strip() == message and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("item", ["iters=3", "synth.iters", "synth.iters=", ".iters=3",
-                                  "synth.=3", "synth.betas=[0.5"])
+@pytest.mark.parametrize(
+    "item", ["iters=3", "synth.iters", "synth.iters=", ".iters=3", "synth.=3", "synth.betas=[0.5"]
+)
 def test_malformed_set_is_a_usage_error(item):
     res = run(*QUANTIZE, "--set", item)
     assert res.exit_code == 2

@@ -30,11 +30,14 @@ def test_synthesize_writes_set_and_report(tmp_path):
     assert run("synthesize", *TINY, "--out", out, "--overwrite").exit_code == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--iters", "-1"], "iters must be an integer >= 1"),
-    (["--recipe", "cifra"], "did you mean 'cifar'?"),
-    (["--method", "rgl"], "unknown synthesis method 'rgl'; did you mean 'rgal'?"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--iters", "-1"], "iters must be an integer >= 1"),
+        (["--recipe", "cifra"], "did you mean 'cifar'?"),
+        (["--method", "rgl"], "unknown synthesis method 'rgl'; did you mean 'rgal'?"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "c.npz"
     res = run("synthesize", "cifar10_resnet20", "--no-pretrained", "--out", out, *args)
@@ -43,15 +46,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert "Traceback" not in res.output and not (tmp_path / "c.npz").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-n", "0"], "Invalid value for '-n' / '--num-images': 0 is not in the range x>=1"),
-    (["--batch-size", "-3"], "Invalid value for '--batch-size': -3 is not in the range x>=1"),
-    (["--format", "tiff"], "'tiff' is not one of 'npz', 'png', 'onnx-pb'"),
-    (["--param", "gan"], "'gan' is not one of 'generator', 'pixels'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-n", "0"], "Invalid value for '-n' / '--num-images': 0 is not in the range x>=1"),
+        (["--batch-size", "-3"], "Invalid value for '--batch-size': -3 is not in the range x>=1"),
+        (["--format", "tiff"], "'tiff' is not one of 'npz', 'png', 'onnx-pb'"),
+        (["--param", "gan"], "'gan' is not one of 'generator', 'pixels'"),
+    ],
+)
 def test_bad_option_values_are_usage_errors(tmp_path, args, message):
-    res = run("synthesize", "cifar10_resnet20", "--no-pretrained", "--out", tmp_path / "c.npz",
-              *args)
+    res = run(
+        "synthesize", "cifar10_resnet20", "--no-pretrained", "--out", tmp_path / "c.npz", *args
+    )
     assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output
 
 

@@ -1,4 +1,5 @@
 """Issue 19: --threads sets PyTorch's and onnxruntime's intra-op threads for the whole command."""
+
 import json
 
 import numpy as np
@@ -22,8 +23,12 @@ def test_quantize_runs_with_threads_and_restores(monkeypatch):
 
     def fake_run(*args, **kwargs):
         seen["torch"] = torch.get_num_threads()
-        return {"stages": {}, "total_seconds": 0.0, "num_calibration_images": 0,
-                "unquantized_layers": []}
+        return {
+            "stages": {},
+            "total_seconds": 0.0,
+            "num_calibration_images": 0,
+            "unquantized_layers": [],
+        }
 
     monkeypatch.setattr("dfq.cli.quantize_cmd.run_quantize", fake_run)
     res = run("quantize", "cifar10_resnet20", "--no-pretrained", "--bits", "8", "--threads", 3)
@@ -66,8 +71,16 @@ def test_evaluate_model_runs_with_threads(tmp_path, monkeypatch):
 
     monkeypatch.setattr("dfq.cli.evaluate_cmd.evaluate", fake_evaluate)
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 32, 32), np.uint8), y=np.arange(2))
-    res = run("evaluate", "cifar10_resnet20", "--no-pretrained", "--data", tmp_path / "d.npz",
-              "--threads", 3, "--json")
+    res = run(
+        "evaluate",
+        "cifar10_resnet20",
+        "--no-pretrained",
+        "--data",
+        tmp_path / "d.npz",
+        "--threads",
+        3,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     assert seen["torch"] == 3 and json.loads(res.stdout)["n"] == 2
 
@@ -82,8 +95,9 @@ def test_export_check_gets_threads(tmp_path, monkeypatch):
     original = check.session_options
     monkeypatch.setattr(check, "session_options", fake_session_options)
     out = tmp_path / "m.onnx"
-    res = run("export", "cifar10_resnet20", "--no-pretrained", "--out", out, "--threads", 2,
-              "--json")
+    res = run(
+        "export", "cifar10_resnet20", "--no-pretrained", "--out", out, "--threads", 2, "--json"
+    )
     assert res.exit_code == 0, res.output
     assert seen == {"ort": 2, "torch": 2} and out.exists()
 

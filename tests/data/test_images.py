@@ -76,7 +76,7 @@ def test_not_an_npz(tmp_path):
 
 
 def test_image_folder_resizes_and_labels_by_folder(tmp_path):
-    for label, (name, colour) in enumerate((("cat", (255, 0, 0)), ("dog", (0, 0, 255)))):
+    for _label, (name, colour) in enumerate((("cat", (255, 0, 0)), ("dog", (0, 0, 255)))):
         (tmp_path / name).mkdir()
         Image.new("RGB", (20, 12), colour).save(tmp_path / name / "a.png")
     data = load_images(tmp_path, CFG)
@@ -93,9 +93,11 @@ def test_take_limits():
 def _mixed_folder(root):
     """Seven images over three classes: JPEG and PNG, RGB / grey / palette / RGBA, odd sizes."""
     rng = np.random.default_rng(1)
-    specs = {"ant": [("a.jpg", "RGB", (37, 23)), ("b.png", "L", (20, 31))],
-             "bee": [("c.png", "P", (16, 16)), ("d.jpeg", "RGB", (90, 30)), ("e.png", "RGBA", (25, 40))],
-             "cow": [("f.JPG", "RGB", (64, 48)), ("g.png", "RGB", (9, 13))]}
+    specs = {
+        "ant": [("a.jpg", "RGB", (37, 23)), ("b.png", "L", (20, 31))],
+        "bee": [("c.png", "P", (16, 16)), ("d.jpeg", "RGB", (90, 30)), ("e.png", "RGBA", (25, 40))],
+        "cow": [("f.JPG", "RGB", (64, 48)), ("g.png", "RGB", (9, 13))],
+    }
     for cls, images in specs.items():
         (root / cls).mkdir()
         for name, mode, (w, h) in images:

@@ -1,4 +1,5 @@
 """A tiny residual CNN, fake-quantized with dfq.quant, for export tests that run in seconds."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,9 @@ from torch import nn
 
 from dfq.models.data_config import DataConfig
 
-DATA = DataConfig(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                  num_classes=5)
+DATA = DataConfig(
+    input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=5
+)
 
 
 class TinyResNet(nn.Module):
@@ -32,8 +34,9 @@ class TinyResNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def tiny_quantized(bits: int, seed: int = 0, net: type[nn.Module] | None = None
-                   ) -> tuple[nn.Module, torch.Tensor]:
+def tiny_quantized(
+    bits: int, seed: int = 0, net: type[nn.Module] | None = None
+) -> tuple[nn.Module, torch.Tensor]:
     """A W{bits}A{bits} TinyResNet (or `net`; first/last layer 8 bit) and its calibration images."""
     from dfq.quant.insert import prepare
     from dfq.quant.layers import quant_layers

@@ -1,4 +1,5 @@
 """The export check decides by the worst images and names the first quantizer that diverges."""
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,9 @@ def test_correct_export_passes_the_strict_check(which, request, tmp_path):
     assert check["max_dev_steps"] <= 1.0
 
 
-@pytest.mark.parametrize("which, tag", [("w8a8", "conv1.input_quantizer"),
-                                        ("w4a4", "conv2.input_quantizer")])
+@pytest.mark.parametrize(
+    "which, tag", [("w8a8", "conv1.input_quantizer"), ("w4a4", "conv2.input_quantizer")]
+)
 def test_broken_quantizer_is_named(which, tag, request, tmp_path):
     model, calib, path = _exported(request.getfixturevalue(which), tmp_path)
     q = model.get_submodule(tag)
@@ -72,7 +74,9 @@ def test_one_image_in_64_off_fails(w8a8, tmp_path):
         step = output_step(model(calib))
     cfg = ExportConfig()
     assert check_against_torch(_OneImageOff(model, 0.0, step), path, calib, cfg)["images"] == 64
-    with pytest.raises(DfqFailure, match=r"98\.4% within [\d.]+ output steps .* after the last quantizer"):
+    with pytest.raises(
+        DfqFailure, match=r"98\.4% within [\d.]+ output steps .* after the last quantizer"
+    ):
         check_against_torch(_OneImageOff(model, 3.0, step), path, calib, cfg)
     # within tolerance, and the threshold is a setting
     check_against_torch(_OneImageOff(model, 3.0, step), path, calib, ExportConfig(tolerance=4.0))

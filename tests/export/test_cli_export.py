@@ -48,16 +48,23 @@ def test_export_of_a_quantize_directory_is_fully_fused(tmp_path):
     prepare(model, QuantConfig(wbits=4, abits=4), [torch.randn(16, 3, 32, 32)])
     save_quantized(model, tmp_path / "quantized.pt", "cifar10_resnet20", cfg, QuantConfig())
     out = tmp_path / "m.onnx"
-    res = run("export", tmp_path, "--out", out, "--json")
+    # Random weights make a chaotic 4-bit network in which a single rounding tie grows to a few
+    # output steps: the check (tests/export/test_check.py) is not what this test is about.
+    res = run("export", tmp_path, "--out", out, "--json", "--no-check")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["quantization"] == "W4/8A4/8"
-    assert integer_conv_count(optimized_op_counts(out)) == 19  # every conv of ResNet-20
+    counts = optimized_op_counts(out)
+    assert integer_conv_count(counts) == 19  # every conv of ResNet-20
+    assert counts["QLinearAdd"] == 9 and counts["Add"] == 0 and counts["Relu"] == 0
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"\x00not onnx at all"), "is not a valid ONNX model"),
-    (lambda p: p.write_text("ir_version: 7"), "is not a valid ONNX model"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"\x00not onnx at all"), "is not a valid ONNX model"),
+        (lambda p: p.write_text("ir_version: 7"), "is not a valid ONNX model"),
+    ],
+)
 def test_corrupted_onnx_exit_2(tmp_path, make, message):
     bad = tmp_path / "bad.onnx"
     make(bad)
@@ -73,8 +80,9 @@ def test_image_size_mismatch_names_both(fp_onnx, tmp_path):
 
 
 def test_unknown_provider_lists_available(fp_onnx, tmp_path):
-    res = run("evaluate", fp_onnx, "--data", _npz(tmp_path),
-              "--providers", "NoSuchExecutionProvider")
+    res = run(
+        "evaluate", fp_onnx, "--data", _npz(tmp_path), "--providers", "NoSuchExecutionProvider"
+    )
     assert res.exit_code == 2
     assert "unknown execution provider NoSuchExecutionProvider" in res.stderr
     assert "CPUExecutionProvider" in res.stderr
@@ -90,6 +98,7 @@ def test_onnx_without_dfq_metadata_exit_2(fp_onnx, tmp_path):
 
 
 def test_int4_needs_opset_21(tmp_path):
-    res = run("export", "cifar10_resnet20", "--no-pretrained", "--out", tmp_path / "m.onnx",
-              "--int4")
+    res = run(
+        "export", "cifar10_resnet20", "--no-pretrained", "--out", tmp_path / "m.onnx", "--int4"
+    )
     assert res.exit_code == 2 and "native INT4 needs opset 21" in res.stderr

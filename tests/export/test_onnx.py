@@ -64,12 +64,16 @@ def test_4bit_export_holds_16_levels(w4a4, tmp_path):
     dqs = _dq_inputs_of(proto.graph, "Conv")
     for dq in dqs:
         proto.graph.output.append(
-            onnx.helper.make_tensor_value_info(dq.output[0], onnx.TensorProto.FLOAT, None))
+            onnx.helper.make_tensor_value_info(dq.output[0], onnx.TensorProto.FLOAT, None)
+        )
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = sess.run([dq.output[0] for dq in dqs], {"input": calib.numpy()})
     levels = {dq.name: len(np.unique(v)) for dq, v in zip(dqs, outs, strict=True)}
-    four_bit = [f"{n}.input_quantizer/DQ" for n, m in quant_layers(model).items()
-                if isinstance(m, QuantConv2d) and m.input_quantizer.bits == 4]
+    four_bit = [
+        f"{n}.input_quantizer/DQ"
+        for n, m in quant_layers(model).items()
+        if isinstance(m, QuantConv2d) and m.input_quantizer.bits == 4
+    ]
     assert four_bit and all(1 < levels[k] <= 16 for k in four_bit), levels
     assert levels["stem.0.input_quantizer/DQ"] > 16  # the 8-bit first layer keeps its 256 levels
 

@@ -51,12 +51,15 @@ def test_unknown_name_suggests():
         load_model("tf:resnet18")
 
 
-@pytest.mark.parametrize("typed, suggested", [
-    ("resnt20", "cifar10_resnet20"),  # not timm's resnet200: the zoo name without 'cifar10_'
-    ("resnet56", "cifar10_resnet56"),
-    ("timm:resnt20", "timm:resnet200"),  # an explicit source is the only one searched
-    ("torchvision:resnt18", "torchvision:resnet18"),
-])
+@pytest.mark.parametrize(
+    "typed, suggested",
+    [
+        ("resnt20", "cifar10_resnet20"),  # not timm's resnet200: the zoo name without 'cifar10_'
+        ("resnet56", "cifar10_resnet56"),
+        ("timm:resnt20", "timm:resnet200"),  # an explicit source is the only one searched
+        ("torchvision:resnt18", "torchvision:resnet18"),
+    ],
+)
 def test_suggestions_prefer_the_zoo_and_respect_the_source(typed, suggested):
     with pytest.raises(DfqError, match=rf"did you mean {suggested}\?"):
         load_model(typed)
@@ -95,6 +98,10 @@ def test_offline_timm_names_hf_cache(tmp_path, monkeypatch):
 
 def test_list_models_filters():
     found = list_models("cifar10_resnet*")
-    assert found["dfq"] == ["cifar10_resnet20", "cifar10_resnet32", "cifar10_resnet44",
-                            "cifar10_resnet56"]
+    assert found["dfq"] == [
+        "cifar10_resnet20",
+        "cifar10_resnet32",
+        "cifar10_resnet44",
+        "cifar10_resnet56",
+    ]
     assert "resnet18" in list_models("resnet18")["torchvision"]

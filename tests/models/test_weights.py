@@ -60,13 +60,20 @@ def _onnx(path):
     torch.onnx.export(torch.nn.Linear(4, 2), torch.randn(1, 4), str(path), dynamo=False)
 
 
-@pytest.mark.parametrize("name, write, found", [
-    ("empty.pth", lambda p: p.write_bytes(b""), "the file is empty"),
-    ("notes.pth", lambda p: p.write_text("hello world"), "text file (starts with 'hello world')"),
-    ("a.zip", _zip, "a zip archive but not one torch.save writes"),
-    ("model.bin", _onnx, "ONNX model; evaluate it with `dfq evaluate"),
-    ("arr.pth", lambda p: np.save(p.open("wb"), np.zeros(3)), "NumPy .npy array"),
-])
+@pytest.mark.parametrize(
+    "name, write, found",
+    [
+        ("empty.pth", lambda p: p.write_bytes(b""), "the file is empty"),
+        (
+            "notes.pth",
+            lambda p: p.write_text("hello world"),
+            "text file (starts with 'hello world')",
+        ),
+        ("a.zip", _zip, "a zip archive but not one torch.save writes"),
+        ("model.bin", _onnx, "ONNX model; evaluate it with `dfq evaluate"),
+        ("arr.pth", lambda p: np.save(p.open("wb"), np.zeros(3)), "NumPy .npy array"),
+    ],
+)
 def test_not_a_checkpoint_says_what_it_is(tmp_path, name, write, found):
     path = tmp_path / name
     write(path)
@@ -97,7 +104,9 @@ def test_shape_mismatch_names_both_shapes(tmp_path):
     sd = cifar_resnet(20).state_dict()
     sd["conv1.weight"] = torch.zeros(16, 3, 5, 5)
     torch.save(sd, tmp_path / "w.pth")
-    with pytest.raises(DfqError, match=r"'conv1.weight' has shape \(16, 3, 5, 5\) in the file but \(16, 3, 3, 3\)"):
+    with pytest.raises(
+        DfqError, match=r"'conv1.weight' has shape \(16, 3, 5, 5\) in the file but \(16, 3, 3, 3\)"
+    ):
         load_model("cifar10_resnet20", weights=tmp_path / "w.pth")
 
 

@@ -15,22 +15,35 @@ def run(*args):
 @pytest.fixture
 def tiny_recipe(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "synth": {"num_images": 8, "batch_size": 8, "iters": 2},
-        "quant": {"calib_batch_size": 8, "recon_iters": 2, "recon_batch_size": 4, "kd_iters": 2,
-                  "kd_batch_size": 4}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "synth": {"num_images": 8, "batch_size": 8, "iters": 2},
+                "quant": {
+                    "calib_batch_size": 8,
+                    "recon_iters": 2,
+                    "recon_batch_size": 4,
+                    "kd_iters": 2,
+                    "kd_batch_size": 4,
+                },
+            }
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bits", "1"], "'1' is not one of '4', '8'"),
-    (["--bits", "16"], "'16' is not one of '4', '8'"),
-    (["--wbits", "4"], "--wbits and --abits go together"),
-    (["--abits", "4"], "--wbits and --abits go together"),
-    ([], "--bits 4|8, or --wbits W --abits A"),
-    (["--bits", "4", "--wbits", "4", "--abits", "4"], "either --bits or --wbits"),
-    (["--bits", "4", "--first-last-bits", "9"], "'same'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bits", "1"], "'1' is not one of '4', '8'"),
+        (["--bits", "16"], "'16' is not one of '4', '8'"),
+        (["--wbits", "4"], "--wbits and --abits go together"),
+        (["--abits", "4"], "--wbits and --abits go together"),
+        ([], "--bits 4|8, or --wbits W --abits A"),
+        (["--bits", "4", "--wbits", "4", "--abits", "4"], "either --bits or --wbits"),
+        (["--bits", "4", "--first-last-bits", "9"], "'same'"),
+    ],
+)
 def test_bad_bits_are_usage_errors(args, message):
     res = run("quantize", "cifar10_resnet20", "--no-pretrained", *args)
     assert res.exit_code == 2
@@ -40,8 +53,17 @@ def test_bad_bits_are_usage_errors(args, message):
 def test_calib_of_wrong_shape_names_both_shapes(tmp_path):
     path = tmp_path / "small.npz"
     np.savez(path, x=np.zeros((4, 3, 16, 16), np.uint8))
-    res = run("quantize", "cifar10_resnet20", "--no-pretrained", "--bits", "4", "--calib", path,
-              "--out", tmp_path / "out")
+    res = run(
+        "quantize",
+        "cifar10_resnet20",
+        "--no-pretrained",
+        "--bits",
+        "4",
+        "--calib",
+        path,
+        "--out",
+        tmp_path / "out",
+    )
     assert res.exit_code == 2
     assert "3x16x16" in res.stderr and "3x32x32" in res.stderr
     assert not (tmp_path / "out").exists()
@@ -52,14 +74,34 @@ def test_quantize_writes_outputs_refuses_existing_out_and_evaluates(tmp_path, ti
     data = tmp_path / "d.npz"
     np.savez(data, x=rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), y=np.arange(16) % 10)
     out = tmp_path / "q"
-    args = ["quantize", "cifar10_resnet20", "--no-pretrained", "--wbits", "4", "--abits", "8",
-            "--recipe", tiny_recipe, "--out", out, "--calib", data]
+    args = [
+        "quantize",
+        "cifar10_resnet20",
+        "--no-pretrained",
+        "--wbits",
+        "4",
+        "--abits",
+        "8",
+        "--recipe",
+        tiny_recipe,
+        "--out",
+        out,
+        "--calib",
+        data,
+    ]
     res = run(*args)
     assert res.exit_code == 0, res.output
-    assert {p.name for p in out.iterdir()} == {"quantized.pt", "calibration.npz", "recipe.yaml",
-                                               "calibration.png", "losses.png", "layers.png",
-                                               "report.md",
-                                               "report.json", "model.onnx"}
+    assert {p.name for p in out.iterdir()} == {
+        "quantized.pt",
+        "calibration.npz",
+        "recipe.yaml",
+        "calibration.png",
+        "losses.png",
+        "layers.png",
+        "report.md",
+        "report.json",
+        "model.onnx",
+    }
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["quant"]["wbits"] == 4 and report["config"]["quant"]["abits"] == 8
     assert {"prepare", "reconstruct", "distill", "bake"} <= report["stages"].keys()
@@ -78,8 +120,18 @@ def test_quantize_writes_outputs_refuses_existing_out_and_evaluates(tmp_path, ti
 
 def test_quantize_synthesizes_without_calib(tmp_path, tiny_recipe):
     out = tmp_path / "q"
-    res = run("quantize", "cifar10_resnet20", "--no-pretrained", "--bits", "8", "--recipe", tiny_recipe,
-              "--out", out, "--no-export")
+    res = run(
+        "quantize",
+        "cifar10_resnet20",
+        "--no-pretrained",
+        "--bits",
+        "8",
+        "--recipe",
+        tiny_recipe,
+        "--out",
+        out,
+        "--no-export",
+    )
     assert res.exit_code == 0, res.output
     assert not (out / "model.onnx").exists()
     report = json.loads((out / "report.json").read_text())
@@ -93,7 +145,16 @@ def test_interrupt_leaves_no_output(tmp_path, tiny_recipe, monkeypatch):
 
     monkeypatch.setattr("dfq.run.quantize_run.save_calibration", interrupted)
     out = tmp_path / "q"
-    res = run("quantize", "cifar10_resnet20", "--no-pretrained", "--bits", "8", "--recipe", tiny_recipe,
-              "--out", out)
+    res = run(
+        "quantize",
+        "cifar10_resnet20",
+        "--no-pretrained",
+        "--bits",
+        "8",
+        "--recipe",
+        tiny_recipe,
+        "--out",
+        out,
+    )
     assert res.exit_code == 130
     assert not out.exists() and sorted(tmp_path.iterdir()) == [tmp_path / ".q.partial", tiny_recipe]

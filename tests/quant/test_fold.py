@@ -19,8 +19,14 @@ def _randomize_bn(model):
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
 
 
-@pytest.mark.parametrize("name, size", [("cifar10_resnet20", 32), ("torchvision:mobilenet_v2", 64),
-                                        ("timm:mobilenetv3_small_100", 64)])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("cifar10_resnet20", 32),
+        ("torchvision:mobilenet_v2", 64),
+        ("timm:mobilenetv3_small_100", 64),
+    ],
+)
 def test_folded_bn_gives_same_fp_outputs(name, size):
     torch.manual_seed(0)
     model, _ = load_model(name, pretrained=False)

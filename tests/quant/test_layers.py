@@ -28,6 +28,7 @@ def test_forward_is_conv_of_quantized_input_and_weight_plus_output_quantizer():
     want = nn.functional.linear(q.input_quantizer(x), q.weight_quantizer(q.weight), q.bias)
     assert torch.equal(q(x), want)
     from dfq.quant.quantizer import Quantizer
+
     q.output_quantizer = Quantizer(8, True)
     q.output_quantizer.set_scale(0.5)
     assert torch.equal(q(x), q.output_quantizer(want))
@@ -66,16 +67,23 @@ def test_first_and_last_layers_take_first_last_bits():
     assert result.bits["conv1"] == (8, 8) and result.bits["linear"] == (8, 8)
     assert result.bits["layer2.0.conv1"] == (4, 4)
     layers = quant_layers(model)
-    assert layers["linear"].weight_quantizer.bits == 8 and layers["layer1.0.conv1"].weight_quantizer.bits == 4
+    assert (
+        layers["linear"].weight_quantizer.bits == 8
+        and layers["layer1.0.conv1"].weight_quantizer.bits == 4
+    )
     model, _ = load_model("cifar10_resnet20", pretrained=False)
-    result = prepare(model, QuantConfig(wbits=3, abits=3, first_last_bits="same"), [torch.randn(8, 3, 32, 32)])
+    result = prepare(
+        model, QuantConfig(wbits=3, abits=3, first_last_bits="same"), [torch.randn(8, 3, 32, 32)]
+    )
     # all layers 3 bit, but the image entering the first conv stays 8 bit
     assert result.bits["conv1"] == (3, 8) and result.bits["linear"] == (3, 3)
     assert quant_layers(model)["conv1"].input_quantizer.bits == 8
 
 
 def test_unquantizable_layers_are_listed():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)
+    )
     result = prepare(model, QuantConfig(), [torch.randn(4, 3, 8, 8)])
     assert any(u.startswith("1 (LayerNorm)") for u in result.unquantized)
 

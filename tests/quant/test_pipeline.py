@@ -11,8 +11,13 @@ from dfq.quant.pipeline import quantize_
 from dfq.quant.quant_config import QuantConfig
 from dfq.quant.reconstruct import units
 
-TINY = {"calib_batch_size": 8, "recon_iters": 2, "recon_batch_size": 4, "kd_iters": 2,
-        "kd_batch_size": 4}
+TINY = {
+    "calib_batch_size": 8,
+    "recon_iters": 2,
+    "recon_batch_size": 4,
+    "kd_iters": 2,
+    "kd_batch_size": 4,
+}
 
 
 def test_distillation_lowers_the_kd_loss(resnet20_weights):
@@ -20,7 +25,9 @@ def test_distillation_lowers_the_kd_loss(resnet20_weights):
     model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
     teacher = copy.deepcopy(model)
     calib = torch.randn(64, 3, 32, 32)
-    cfg = QuantConfig(wbits=3, abits=3, kd_iters=15, kd_batch_size=32, kd_lr=1e-3, relation_weight=0.1)
+    cfg = QuantConfig(
+        wbits=3, abits=3, kd_iters=15, kd_batch_size=32, kd_lr=1e-3, relation_weight=0.1
+    )
     prepare(model, cfg, [calib])
     before = mean_kd_loss(model, teacher, calib, cfg.kd_temperature)
     summary = distill(model, teacher, calib, cfg, progress=False)
@@ -41,17 +48,24 @@ def test_quantize_bakes_weights_and_reconstruction_lowers_block_error(resnet20_w
     for layer in quant_layers(model).values():
         q = layer.weight_quantizer
         s = q.scale.detach().view(-1, *([1] * (layer.weight.dim() - 1)))
-        assert torch.equal(layer.weight, torch.clamp(torch.round(layer.weight / s), q.qmin, q.qmax) * s)
+        assert torch.equal(
+            layer.weight, torch.clamp(torch.round(layer.weight / s), q.qmin, q.qmax) * s
+        )
         assert layer.rounding is None
 
 
-@pytest.mark.parametrize("name, size", [
-    ("torchvision:resnet18", 32), ("torchvision:mobilenet_v2", 32), ("timm:resnet18", 32),
-    ("timm:mobilenetv3_small_100", 32),
-    pytest.param("torchvision:resnet50", 32, marks=pytest.mark.slow),
-    pytest.param("torchvision:efficientnet_b0", 32, marks=pytest.mark.slow),
-    pytest.param("torchvision:regnet_x_400mf", 32, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("torchvision:resnet18", 32),
+        ("torchvision:mobilenet_v2", 32),
+        ("timm:resnet18", 32),
+        ("timm:mobilenetv3_small_100", 32),
+        pytest.param("torchvision:resnet50", 32, marks=pytest.mark.slow),
+        pytest.param("torchvision:efficientnet_b0", 32, marks=pytest.mark.slow),
+        pytest.param("torchvision:regnet_x_400mf", 32, marks=pytest.mark.slow),
+    ],
+)
 def test_quantize_smoke_on_imagenet_architectures(name, size):
     torch.manual_seed(0)
     model, _ = load_model(name, pretrained=False)

@@ -53,7 +53,9 @@ def test_ste_and_lsq_gradients():
     q.set_scale(1.0)
     x = torch.tensor([0.3, 0.6, 20.0], requires_grad=True)
     q(x).sum().backward()
-    assert torch.equal(x.grad, torch.tensor([1.0, 1.0, 0.0]))  # STE inside the range, 0 when clipped
+    assert torch.equal(
+        x.grad, torch.tensor([1.0, 1.0, 0.0])
+    )  # STE inside the range, 0 when clipped
     # LSQ: d q / d s = round(x/s) - x/s inside, qmax when clipped, times g = 1 / sqrt(N * qmax)
     g = 1.0 / (3 * 7) ** 0.5
     want = ((0 - 0.3) + (1 - 0.6) + 7) * g

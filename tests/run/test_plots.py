@@ -1,4 +1,5 @@
 """The run's pictures: PNGs that decode, with the panels a user expects, and per-layer SQNR."""
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,7 @@ from dfq.run.plots import (
 )
 from tests.export.conftest import tiny_quantized
 
-DATA = DataConfig(input_size=(3, 8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                  num_classes=3)
+DATA = DataConfig(input_size=(3, 8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=3)
 
 
 def _calib() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,8 +61,9 @@ def test_calibration_grid_rows_are_classes(tmp_path):
     path = calibration_grid(images, labels, DATA, logits, None, tmp_path / "calibration.png")
     img = _png(path)
     assert img.width >= 300 and img.height >= 200
-    one_row = calibration_grid(images, labels, DATA, logits, None, tmp_path / "one.png",
-                               max_classes=1)
+    one_row = calibration_grid(
+        images, labels, DATA, logits, None, tmp_path / "one.png", max_classes=1
+    )
     assert _png(one_row).height < img.height  # a row per class shown
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically, nothing left over
 
@@ -88,8 +89,10 @@ def test_class_names():
 
 def test_loss_curves(tmp_path):
     history = {
-        "synthesize": [{"step": s, "bn": 3.0 / (s + 1), "ce": 1.0 / (s + 1), "rel": 0.5,
-                        "adv": 0.1} for s in range(20)],
+        "synthesize": [
+            {"step": s, "bn": 3.0 / (s + 1), "ce": 1.0 / (s + 1), "rel": 0.5, "adv": 0.1}
+            for s in range(20)
+        ],
         "reconstruct": {"layer1.0": [0.5, 0.1], "layer1.1": [0.3, 0.05]},
         "distill": [{"step": s, "kd": 1.0 - s / 40, "rel": 0.2} for s in range(20)],
     }
@@ -108,9 +111,11 @@ def test_loss_curves(tmp_path):
 
 
 def test_layer_errors(tmp_path):
-    rows = [{"layer": "conv1", "sqnr_db": 30.0, "wbits": 8, "abits": 8},
-            {"layer": "layer1.0.conv1", "sqnr_db": 12.5, "wbits": 4, "abits": 4},
-            {"layer": "fc", "sqnr_db": 25.0, "wbits": 8, "abits": None}]
+    rows = [
+        {"layer": "conv1", "sqnr_db": 30.0, "wbits": 8, "abits": 8},
+        {"layer": "layer1.0.conv1", "sqnr_db": 12.5, "wbits": 4, "abits": 4},
+        {"layer": "fc", "sqnr_db": 25.0, "wbits": 8, "abits": None},
+    ]
     fig = layer_figure(rows)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
@@ -137,7 +142,7 @@ def test_layer_sqnr():
     r8 = layer_sqnr(q8, _fp_twin(q8), images)
     assert [r["layer"] for r in r4] == list(quant_layers(q4))
     assert all(math.isfinite(r["sqnr_db"]) for r in r4 + r8)
-    middle = [(a, b) for a, b in zip(r4, r8) if a["wbits"] == 4]
+    middle = [(a, b) for a, b in zip(r4, r8, strict=True) if a["wbits"] == 4]
     assert middle and all(b["sqnr_db"] > a["sqnr_db"] for a, b in middle)
     assert {r["wbits"] for r in r8} == {8}
     assert sum(r["sqnr_db"] for r in r8) > sum(r["sqnr_db"] for r in r4)
@@ -145,5 +150,9 @@ def test_layer_sqnr():
 
     exact = layer_sqnr(q4, copy.deepcopy(q4), images, names=["head", "missing"])
     assert [r["layer"] for r in exact] == ["head"] and exact[0]["sqnr_db"] == 100.0
-    assert all(q.enabled for layer in quant_layers(q4).values()
-               for q in (layer.weight_quantizer, layer.input_quantizer) if q is not None)
+    assert all(
+        q.enabled
+        for layer in quant_layers(q4).values()
+        for q in (layer.weight_quantizer, layer.input_quantizer)
+        if q is not None
+    )

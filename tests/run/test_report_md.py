@@ -1,4 +1,6 @@
-"""report.md: the sections a user reads, embedded pictures, the accuracy drop, missing parts skipped."""
+"""report.md: the sections a user reads, embedded pictures, the accuracy drop, missing parts
+skipped."""
+
 from __future__ import annotations
 
 from dfq.run.report_md import render_report_md, write_report_md
@@ -9,27 +11,47 @@ PICTURES = {"calibration": "calibration.png", "losses": "losses.png", "layers": 
 def _report() -> dict:
     """Shaped as `run_quantize` writes report.json, plus accuracy and method."""
     return {
-        "command": "quantize", "model": "cifar10_resnet20", "seed": 0, "device": "cpu",
-        "config": {"synth": {"iters": 500},
-                   "quant": {"wbits": 4, "abits": 4, "first_last_bits": 8}},
-        "calibration": "synthesized", "num_calibration_images": 256, "method": "genie+qdrop",
+        "command": "quantize",
+        "model": "cifar10_resnet20",
+        "seed": 0,
+        "device": "cpu",
+        "config": {
+            "synth": {"iters": 500},
+            "quant": {"wbits": 4, "abits": 4, "first_last_bits": 8},
+        },
+        "calibration": "synthesized",
+        "num_calibration_images": 256,
+        "method": "genie+qdrop",
         "stages": {
             "synthesize": {"seconds": 450.2, "losses": {"bn": 0.1234, "ce": 0.01, "adv": 0.2}},
             "prepare": {"seconds": 1.5, "kd_loss": 0.9},
-            "reconstruct": {"seconds": 95.0, "kd_loss": 0.31, "block_losses": {"layer1.0": [1, 0.5]}},
+            "reconstruct": {
+                "seconds": 95.0,
+                "kd_loss": 0.31,
+                "block_losses": {"layer1.0": [1, 0.5]},
+            },
             "distill": {"seconds": 60.0, "kd_first": 0.3, "kd_last": 0.12, "steps": 100},
             "bake": {"seconds": 0.1, "kd_loss": 0.12},
             "export": {"seconds": 3.0},
         },
         "unquantized_layers": ["pool (AdaptiveAvgPool2d): not a conv or linear"],
-        "export": {"path": "out/model.onnx",
-                   "check": {"images": 256, "step": 0.05, "median_max_dev_steps": 0.42,
-                             "max_dev_steps": 1.7, "within_tolerance": 0.97,
-                             "argmax_agreement": 0.996}},
-        "accuracy": {"data": "cifar10-test.npz",
-                     "fp": {"top1": 91.73, "top5": 99.7},
-                     "quantized": {"top1": 88.5, "top5": 99.6},
-                     "onnx": {"top1": 88.25, "top5": 99.55}},
+        "export": {
+            "path": "out/model.onnx",
+            "check": {
+                "images": 256,
+                "step": 0.05,
+                "median_max_dev_steps": 0.42,
+                "max_dev_steps": 1.7,
+                "within_tolerance": 0.97,
+                "argmax_agreement": 0.996,
+            },
+        },
+        "accuracy": {
+            "data": "cifar10-test.npz",
+            "fp": {"top1": 91.73, "top5": 99.7},
+            "quantized": {"top1": 88.5, "top5": 99.6},
+            "onnx": {"top1": 88.25, "top5": 99.55},
+        },
         "total_seconds": 612.0,
     }
 
@@ -38,8 +60,14 @@ def test_sections_and_pictures(tmp_path):
     path = write_report_md(_report(), tmp_path / "report.md", PICTURES)
     text = path.read_text()
     assert text.startswith("# dfq quantize: cifar10_resnet20")
-    for heading in ("## Summary", "## Accuracy", "## Stages", "## Export check",
-                    "## Unquantized layers", "## Pictures"):
+    for heading in (
+        "## Summary",
+        "## Accuracy",
+        "## Stages",
+        "## Export check",
+        "## Unquantized layers",
+        "## Pictures",
+    ):
         assert heading in text
     assert "**Protocol:** deploy" in text
     assert "W4A4, first and last layer 8-bit" in text
@@ -66,9 +94,14 @@ def test_accuracy_table_with_drop():
 
 def test_missing_sections_tolerated(tmp_path):
     assert "## Summary" in render_report_md({}, {})
-    minimal = {"model": "m", "stages": {"prepare": {"seconds": 1.0}, "odd": "not a dict"},
-               "unquantized_layers": [], "export": {"path": "x"},
-               "accuracy": {"fp": {"top1": 70.0}}, "config": {}}
+    minimal = {
+        "model": "m",
+        "stages": {"prepare": {"seconds": 1.0}, "odd": "not a dict"},
+        "unquantized_layers": [],
+        "export": {"path": "x"},
+        "accuracy": {"fp": {"top1": 70.0}},
+        "config": {},
+    }
     text = write_report_md(minimal, tmp_path / "r.md", {"extra": "extra.png"}).read_text()
     assert "## Export check" not in text and "Protocol:** deploy" in text
     assert "| prepare | 1.0s |  |" in text

@@ -38,10 +38,18 @@ def test_bn_loss_falls_under_optimization():
 
 def test_synthesize_lowers_bn_loss_with_more_steps():
     model, data = tiny_model(), tiny_config()
-    short = synthesize(model, SynthConfig(num_images=16, batch_size=16, iters=1, param="pixels"),
-                       data, progress=False)
-    long = synthesize(model, SynthConfig(num_images=16, batch_size=16, iters=30, param="pixels"),
-                      data, progress=False)
+    short = synthesize(
+        model,
+        SynthConfig(num_images=16, batch_size=16, iters=1, param="pixels"),
+        data,
+        progress=False,
+    )
+    long = synthesize(
+        model,
+        SynthConfig(num_images=16, batch_size=16, iters=30, param="pixels"),
+        data,
+        progress=False,
+    )
     assert long.metadata["final_losses"]["bn"] < 0.85 * short.metadata["final_losses"]["bn"]
 
 

@@ -6,9 +6,18 @@ from dfq.synth.synth_config import SynthConfig
 from tests.synth.tiny import tiny_config
 
 
-@pytest.mark.parametrize("bad", [dict(num_images=0), dict(batch_size=-1), dict(iters=0),
-                                 dict(param="gan"), dict(relation_direction="up"),
-                                 dict(focal_window=(1.0, 0.5)), dict(lr_pixels=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_images=0),
+        dict(batch_size=-1),
+        dict(iters=0),
+        dict(param="gan"),
+        dict(relation_direction="up"),
+        dict(focal_window=(1.0, 0.5)),
+        dict(lr_pixels=0.0),
+    ],
+)
 def test_bad_values_are_refused(bad):
     with pytest.raises(DfqError):
         SynthConfig(**bad)

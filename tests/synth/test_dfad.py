@@ -1,4 +1,5 @@
 """DFAD at its shipped settings (DfadConfig defaults), on the tiny model with few iterations."""
+
 import pytest
 import torch
 
@@ -70,8 +71,7 @@ def test_synthesize_gives_valid_deterministic_images_labelled_by_the_teacher():
     def run(seed: int, caller_seed: int):
         s = student()
         torch.manual_seed(caller_seed)  # the caller's RNG state must not matter
-        return synthesize(teacher, SynthConfig(seed=seed, **FAST), data, student=s,
-                          progress=False)
+        return synthesize(teacher, SynthConfig(seed=seed, **FAST), data, student=s, progress=False)
 
     runs = [run(1, 10), run(1, 11), run(2, 10)]
     a = runs[0]
@@ -90,8 +90,14 @@ def test_resumed_run_gives_the_same_images():
     full = MemoryStore()
     whole = synthesize(teacher, cfg, data, student=student(), progress=False, store=full)
     assert sorted(full.rounds) == [0, 1]
-    resumed = synthesize(teacher, cfg, data, student=student(), progress=False,
-                         store=MemoryStore({0: full.rounds[0]}))
+    resumed = synthesize(
+        teacher,
+        cfg,
+        data,
+        student=student(),
+        progress=False,
+        store=MemoryStore({0: full.rounds[0]}),
+    )
     assert torch.equal(whole.images, resumed.images)
 
 
@@ -111,5 +117,7 @@ def test_data_source_makes_fresh_batches_after_a_generator_step():
         x, logits = source.batch(5, s.model, teacher, 0, torch.Generator().manual_seed(0))
     assert x.shape == (5, 3, 8, 8) and logits.shape == (5, 4) and not logits.requires_grad
     assert torch.allclose(logits, teacher(x))
-    assert any(not torch.equal(a, b) for a, b in zip(before, source.generator.parameters()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, source.generator.parameters(), strict=True)
+    )
     assert all(p.grad is None for p in s.params)  # the generator step leaves the student alone

@@ -27,8 +27,9 @@ def test_images_are_valid_normalized_pixels_with_balanced_labels(param):
 
 def test_same_seed_same_images_other_seed_different():
     model, data = tiny_model(), tiny_config()
-    a, b, c = (synthesize(model, SynthConfig(seed=s, **FAST), data, progress=False)
-               for s in (1, 1, 2))
+    a, b, c = (
+        synthesize(model, SynthConfig(seed=s, **FAST), data, progress=False) for s in (1, 1, 2)
+    )
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.images, c.images)
 
@@ -77,8 +78,12 @@ def test_adversarial_term_only_counts_agreeing_samples():
     # strictly negative, finite term; a copy of the teacher gives exactly 0. No swing: it moves the
     # teacher's stride-2 inputs only, so even a copy would see other pixels.
     cfg = SynthConfig(swing=False, **FAST)
-    adv = {seed: synthesize(tiny_model(), cfg, tiny_config(), student=tiny_model(seed=seed),
-                            progress=False).metadata["final_losses"]["adv"] for seed in (0, 1)}
+    adv = {
+        seed: synthesize(
+            tiny_model(), cfg, tiny_config(), student=tiny_model(seed=seed), progress=False
+        ).metadata["final_losses"]["adv"]
+        for seed in (0, 1)
+    }
     assert adv[0] == 0.0
     assert math.isfinite(adv[1]) and adv[1] < -1e-3
 
@@ -97,8 +102,15 @@ def test_targets_are_k_classes_by_m_images_cycling_over_all_classes():
 def test_host_sync_interval_does_not_change_the_result():
     """The best batch is tracked on the device; how often the host looks must not matter."""
     model, data = tiny_model(), tiny_config()
-    a, b = (synthesize(model, SynthConfig(log_every=k, num_images=8, batch_size=8, iters=7), data,
-                       progress=False) for k in (1, 5))
+    a, b = (
+        synthesize(
+            model,
+            SynthConfig(log_every=k, num_images=8, batch_size=8, iters=7),
+            data,
+            progress=False,
+        )
+        for k in (1, 5)
+    )
     assert torch.equal(a.images, b.images)
     assert a.metadata["final_losses"] == b.metadata["final_losses"]
 
@@ -108,8 +120,15 @@ def test_bf16_autocast_path_matches_float32():
     model, data = tiny_model(), tiny_config()
 
     def bn_after(iters, amp):
-        cfg = SynthConfig(amp=amp, num_images=8, batch_size=8, iters=iters, relation=False,
-                          param="pixels", keep_best=False)
+        cfg = SynthConfig(
+            amp=amp,
+            num_images=8,
+            batch_size=8,
+            iters=iters,
+            relation=False,
+            param="pixels",
+            keep_best=False,
+        )
         calib = synthesize(model, cfg, data, progress=False)
         assert calib.images.dtype == torch.float32
         return calib.metadata["final_losses"]["bn"]

@@ -1,4 +1,5 @@
 """Every registered synthesis method runs end to end on the tiny model with a student."""
+
 import math
 
 import pytest
@@ -12,8 +13,16 @@ from tests.synth.tiny import tiny_config, tiny_model
 def test_method_gives_finite_images_and_losses(method):
     model = tiny_model(seed=1).requires_grad_(False)
     student = Student(model, list(model.parameters()))
-    cfg = SynthConfig(method=method, num_images=6, batch_size=4, iters=2, log_every=1,
-                      student_steps=1, dfad={"iters": 2}, rdskd={"iters": 2})
+    cfg = SynthConfig(
+        method=method,
+        num_images=6,
+        batch_size=4,
+        iters=2,
+        log_every=1,
+        student_steps=1,
+        dfad={"iters": 2},
+        rdskd={"iters": 2},
+    )
     calib = synthesize(tiny_model(), cfg, tiny_config(), student=student, progress=False)
     assert calib.images.shape == (6, 3, 8, 8) and torch.isfinite(calib.images).all()
     losses = calib.metadata["final_losses"]

@@ -1,4 +1,5 @@
 """RDSKD at its shipped settings (RdskdConfig defaults), on the tiny model with few iterations."""
+
 import math
 
 import pytest
@@ -14,15 +15,15 @@ from dfq.synth.methods.rdskd import (
 )
 from tests.synth.tiny import MemoryStore, tiny_config, tiny_model
 
-FAST = {"method": "rdskd", "num_images": 12, "batch_size": 8, "log_every": 2,
-        "rdskd": {"iters": 3}}
+FAST = {"method": "rdskd", "num_images": 12, "batch_size": 8, "log_every": 2, "rdskd": {"iters": 3}}
 
 
 def make(seed: int = 0, **rdskd) -> RDSKDSynthesizer:
     torch.manual_seed(seed)
     cfg = SynthConfig(method="rdskd", batch_size=8, rdskd=rdskd)
-    return RDSKDSynthesizer(tiny_model().requires_grad_(False), cfg, tiny_config(), None,
-                            torch.device("cpu"))
+    return RDSKDSynthesizer(
+        tiny_model().requires_grad_(False), cfg, tiny_config(), None, torch.device("cpu")
+    )
 
 
 def grads_reach(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
@@ -37,8 +38,9 @@ def test_penalty_scales_a_rising_term_up_and_a_falling_one_down():
     assert math.isclose(rising, math.exp(0.5), rel_tol=1e-6) and not rising.requires_grad
     assert math.isclose(falling, math.exp(-0.5), rel_tol=1e-6)
     assert increment_penalty(torch.tensor(3.0), None, 5.0) == 1.0  # first iteration
-    assert math.isclose(increment_penalty(torch.tensor(100.0), prev, 5.0), math.exp(5.0),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        increment_penalty(torch.tensor(100.0), prev, 5.0), math.exp(5.0), rel_tol=1e-6
+    )
 
 
 def test_penalty_engages_in_the_generator_step():
@@ -89,8 +91,9 @@ def test_synthesize_alone_is_valid_and_deterministic():
     assert torch.all(a.images >= lo - 1e-5) and torch.all(a.images <= hi + 1e-5)
     assert torch.equal(a.labels, teacher(a.images).argmax(1))
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
-    assert {"onehot", "activation", "entropy", "diversity", "bn",
-            "p_onehot"} <= set(a.metadata["final_losses"])
+    assert {"onehot", "activation", "entropy", "diversity", "bn", "p_onehot"} <= set(
+        a.metadata["final_losses"]
+    )
 
 
 def test_student_trains_per_iteration_and_a_resumed_run_matches():
@@ -104,16 +107,27 @@ def test_student_trains_per_iteration_and_a_resumed_run_matches():
     whole = synthesize(teacher, cfg, data, student=s, progress=False, store=full)
     assert not torch.equal(s.model[0].weight, tiny_model(seed=1)[0].weight)
     assert whole.metadata["final_losses"]["student_kd"] > 0
-    resumed = synthesize(teacher, cfg, data, student=student(), progress=False,
-                         store=MemoryStore({0: full.rounds[0]}))
+    resumed = synthesize(
+        teacher,
+        cfg,
+        data,
+        student=student(),
+        progress=False,
+        store=MemoryStore({0: full.rounds[0]}),
+    )
     assert torch.equal(whole.images, resumed.images)
 
 
 def test_terms_that_cannot_be_computed_are_one_line_errors():
-    flat = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
-                               torch.nn.Flatten())  # no BN, no Linear
+    flat = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )  # no BN, no Linear
     with pytest.raises(DfqError, match="activation_weight: 0"):
         synthesize(flat, SynthConfig(**FAST), tiny_config(), progress=False)
     with pytest.raises(DfqError, match="bn_weight: 0"):
-        synthesize(flat, SynthConfig(**{**FAST, "rdskd": {"iters": 1, "bn_weight": 1.0}}),
-                   tiny_config(), progress=False)
+        synthesize(
+            flat,
+            SynthConfig(**{**FAST, "rdskd": {"iters": 1, "bn_weight": 1.0}}),
+            tiny_config(),
+            progress=False,
+        )

@@ -68,8 +68,9 @@ def test_sampled_negatives_spread_over_the_window(dim):
     dist = pairwise_distances(vectors)
     probs, kept = negative_weights(dist, labels, dim, FOCAL_WINDOW, ratio=DENSITY_RATIO)
     assert kept[0]
-    picks = torch.multinomial(probs[0], 5000, replacement=True,
-                              generator=torch.Generator().manual_seed(1))
+    picks = torch.multinomial(
+        probs[0], 5000, replacement=True, generator=torch.Generator().manual_seed(1)
+    )
     share = torch.histc(dist[0, picks], bins=5, min=FOCAL_WINDOW[0], max=FOCAL_WINDOW[1]) / 5000
     assert (share > 0.05).sum() >= 4, share
     assert share.max() < 0.5, share
@@ -90,8 +91,10 @@ def test_near_duplicates_and_hundred_classes_stay_finite():
     logits, _ = _features(n=200, dim=100, classes=100, seed=1)
     feats[1] = feats[0] + 1e-7
     feats.requires_grad_(True)
-    for loss in (synthesis_relation_loss(feats, logits, labels),
-                 student_relation_loss(feats, logits, labels)):
+    for loss in (
+        synthesis_relation_loss(feats, logits, labels),
+        student_relation_loss(feats, logits, labels),
+    ):
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(feats.grad).all()
         feats.grad = None
@@ -116,8 +119,9 @@ def test_directions_move_features_the_intended_way():
         opt = torch.optim.SGD([x], lr=0.5)
         for _ in range(30):
             opt.zero_grad()
-            synthesis_relation_loss(x, x.detach(), labels, window=(0.0, 2.0),
-                                    direction=direction).backward()
+            synthesis_relation_loss(
+                x, x.detach(), labels, window=(0.0, 2.0), direction=direction
+            ).backward()
             opt.step()
         d = pairwise_distances(x.detach())
         return d[same].mean(), d[~same].mean()

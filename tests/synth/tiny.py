@@ -1,4 +1,5 @@
 """A tiny BN classifier with made-up running statistics: synthesis tests in seconds."""
+
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,15 @@ from dfq.models.data_config import DataConfig
 def tiny_model(num_classes: int = 4, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
     )
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):

@@ -1,5 +1,6 @@
 """`bn`: BatchNorm statistics and class prior only (ZeroQ / Genie-style inversion), the baseline
 the relation losses are measured against."""
+
 from __future__ import annotations
 
 import random
@@ -17,11 +18,18 @@ from dfq.synth.synth_config import SynthConfig
 
 @register_synthesizer("bn")
 class BNSynthesizer(Synthesizer):
-    def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-                 student: Student | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        student: Student | None,
+        device: torch.device,
+    ) -> None:
         super().__init__(teacher, cfg, data_config, None, device)  # no student, no adversary
-        self.inversion = Inversion(teacher, cfg, data_config, relation=False, student=None,
-                                   stages=[])
+        self.inversion = Inversion(
+            teacher, cfg, data_config, relation=False, student=None, stages=[]
+        )
 
     def run_round(self, r: int, targets: torch.Tensor, rng: random.Random, bar: StepBar) -> Round:
         return self.inversion.run(targets, rng, bar, self.tag(r), r * self.cfg.iters)

@@ -16,6 +16,7 @@ then `batch_size` fresh samples of the current G, labelled with the teacher's ar
 `data_source()` hands the generator to `dfq quantize`, whose distillation then trains on samples
 made on the fly, each preceded by one generation step against the student being distilled.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,23 +46,30 @@ def discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> t
     return F.l1_loss(student_logits.float(), teacher_logits.float())
 
 
-def generation_step(generator: Generator, opt: torch.optim.Optimizer, teacher: nn.Module,
-                    student: nn.Module, z: torch.Tensor, data_config: DataConfig,
-                    bn_weight: float, amp: str = "off") -> tuple[torch.Tensor, torch.Tensor]:
+def generation_step(
+    generator: Generator,
+    opt: torch.optim.Optimizer,
+    teacher: nn.Module,
+    student: nn.Module,
+    z: torch.Tensor,
+    data_config: DataConfig,
+    bn_weight: float,
+    amp: str = "off",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of G raising the teacher-student MAE (minus `bn_weight` x BN statistics).
 
     Gradients are taken for G's parameters only (`autograd.grad`), so a student whose parameters
     are being trained elsewhere (inside `dfq.quant.distill`) gets no stray gradients."""
     params = [p for p in generator.parameters() if p.requires_grad]
     hooks = BNStatHooks(teacher) if bn_weight > 0 else None
-    with autocast(z.device, amp), (hooks if hooks is not None else contextlib.nullcontext()):
+    with autocast(z.device, amp), hooks if hooks is not None else contextlib.nullcontext():
         x = data_config.normalize(generator(z).float()).to(device_of(teacher, z.device))
         x = x.contiguous(memory_format=memory_format(x))
         mae = discrepancy(student(x), teacher(x))
         bn = hooks.loss() if hooks is not None else mae.new_zeros(())
     loss = -mae + bn_weight * bn
     grads = torch.autograd.grad(loss, params)
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -86,18 +94,28 @@ class DFADSynthesizer(Synthesizer):
     needs_bn = False  # the BN term is optional; checked in __init__ when its weight is > 0
     needs_student = True
 
-    def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-                 student: Student | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        student: Student | None,
+        device: torch.device,
+    ) -> None:
         super().__init__(teacher, cfg, data_config, student, device)
         if cfg.dfad.bn_weight > 0 and not bn_layers(teacher):
-            raise DfqError("the model has no BatchNorm layers for DFAD's BN-statistics term; set "
-                           "synth.dfad.bn_weight: 0 (the original DFAD has none)")
+            raise DfqError(
+                "the model has no BatchNorm layers for DFAD's BN-statistics term; set "
+                "synth.dfad.bn_weight: 0 (the original DFAD has none)"
+            )
         self.generator = seeded_generator(cfg, data_config, device)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.dfad.lr_generator,
-                                      betas=cfg.betas)
+        self.opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=cfg.dfad.lr_generator, betas=cfg.betas
+        )
         params = [] if student is None else list(student.params)
-        self.opt_s = (torch.optim.Adam(params, lr=cfg.dfad.lr_student, betas=cfg.betas)
-                      if params else None)
+        self.opt_s = (
+            torch.optim.Adam(params, lr=cfg.dfad.lr_student, betas=cfg.betas) if params else None
+        )
 
     def steps_per_round(self) -> int:
         return self.cfg.dfad.iters
@@ -125,8 +143,16 @@ class DFADSynthesizer(Synthesizer):
 
     def generation_step(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One generator step raising the MAE (the paper's generation stage), plus BN statistics."""
-        return generation_step(self.generator, self.opt_g, self.teacher, self.student.model, z,
-                               self.data_config, self.cfg.dfad.bn_weight, self.cfg.amp)
+        return generation_step(
+            self.generator,
+            self.opt_g,
+            self.teacher,
+            self.student.model,
+            z,
+            self.data_config,
+            self.cfg.dfad.bn_weight,
+            self.cfg.amp,
+        )
 
     def run_round(self, r: int, targets: torch.Tensor, rng: random.Random, bar: StepBar) -> Round:
         cfg, iters = self.cfg, self.cfg.dfad.iters
@@ -142,12 +168,16 @@ class DFADSynthesizer(Synthesizer):
             if it % cfg.log_every == 0 or it == iters:
                 values = floats({"mae_student": mae_s, "mae_generator": mae_g, "bn": bn})
                 if not all(math.isfinite(v) for v in values.values()):
-                    raise DfqFailure(f"DFAD loss became NaN/inf in round {self.tag(r)}; lower "
-                                     "synth.dfad.lr_generator / lr_student")
+                    raise DfqFailure(
+                        f"DFAD loss became NaN/inf in round {self.tag(r)}; lower "
+                        "synth.dfad.lr_generator / lr_student"
+                    )
                 history.append({"step": r * iters + it, **values})
                 done = it % cfg.log_every or cfg.log_every
-                bar.step(done, f"round {self.tag(r)} " + " ".join(f"{k} {v:.3f}"
-                                                                  for k, v in values.items()))
+                bar.step(
+                    done,
+                    f"round {self.tag(r)} " + " ".join(f"{k} {v:.3f}" for k, v in values.items()),
+                )
         images = sample(self.generator, self.latents(len(targets)), self.data_config)
         with torch.no_grad():
             labels = self.teacher(images.contiguous(memory_format=memory_format(images))).argmax(1)
@@ -157,12 +187,14 @@ class DFADSynthesizer(Synthesizer):
         return {}  # the student already trained during the game
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(),
-                "generator": {k: v.detach().cpu().clone()
-                              for k, v in self.generator.state_dict().items()},
-                "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
-                "opt_student": (None if self.opt_s is None
-                                else copy.deepcopy(self.opt_s.state_dict()))}
+        return {
+            **super().state_dict(),
+            "generator": {
+                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
+            },
+            "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
+            "opt_student": (None if self.opt_s is None else copy.deepcopy(self.opt_s.state_dict())),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -182,19 +214,26 @@ class DFADSource:
     Owns only the generator and its optimizer; `images` (the fixed set for range initialization
     and reconstruction) is set by `synthesize` to the finished calibration set."""
 
-    def __init__(self, generator: Generator, opt: torch.optim.Optimizer, data_config: DataConfig,
-                 cfg: SynthConfig) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        opt: torch.optim.Optimizer,
+        data_config: DataConfig,
+        cfg: SynthConfig,
+    ) -> None:
         self.generator, self.opt, self.data_config, self.cfg = generator, opt, data_config, cfg
         self.images: torch.Tensor | None = None
 
-    def batch(self, n: int, student: nn.Module, teacher: nn.Module, step: int,
-              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, n: int, student: nn.Module, teacher: nn.Module, step: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` fresh samples and the teacher's logits on them (no gradient)."""
         dev = next(self.generator.parameters()).device
         self.generator.train()
         z = torch.randn(n, self.cfg.latent_dim, generator=gen).to(dev)
-        generation_step(self.generator, self.opt, teacher, student, z, self.data_config,
-                        self.cfg.dfad.bn_weight)
+        generation_step(
+            self.generator, self.opt, teacher, student, z, self.data_config, self.cfg.dfad.bn_weight
+        )
         z = torch.randn(n, self.cfg.latent_dim, generator=gen).to(dev)
         x = sample(self.generator, z, self.data_config).to(device_of(teacher, dev))
         with torch.no_grad():

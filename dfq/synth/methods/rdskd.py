@@ -22,6 +22,7 @@ When a student is given and `rdskd.student_steps` > 0, the student takes that ma
 each iteration's samples, as data-free KD alternates generator and student. A round is
 `rdskd.iters` iterations, then `batch_size` fresh samples labelled with the teacher's argmax.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,13 +72,14 @@ def diversity_loss(samples: torch.Tensor, reference: torch.Tensor) -> torch.Tens
     h = len(samples) // 2
     if h == 0:
         return samples.sum() * 0.0
-    dx = (samples[:h] - samples[h:2 * h]).abs().mean()
-    dref = (reference[:h] - reference[h:2 * h]).abs().mean()
+    dx = (samples[:h] - samples[h : 2 * h]).abs().mean()
+    dref = (reference[:h] - reference[h : 2 * h]).abs().mean()
     return 1.0 / (dx / (dref + EPS) + EPS)
 
 
-def increment_penalty(loss: torch.Tensor, prev: torch.Tensor | None,
-                      max_increment: float) -> torch.Tensor:
+def increment_penalty(
+    loss: torch.Tensor, prev: torch.Tensor | None, max_increment: float
+) -> torch.Tensor:
     """exp(L_t - L_{t-1}), detached: the factor RDSKD's exponential penalty puts on a term's
     gradient (> 1 when the term rose, < 1 when it fell; 1 without a previous value)."""
     if prev is None:
@@ -90,28 +92,42 @@ class RDSKDSynthesizer(Synthesizer):
     needs_bn = False  # the BN term is optional (weight 0 by default, as the paper has none)
     needs_student = False
 
-    def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-                 student: Student | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        student: Student | None,
+        device: torch.device,
+    ) -> None:
         super().__init__(teacher, cfg, data_config, student, device)
         r = cfg.rdskd
         if r.bn_weight > 0 and not bn_layers(teacher):
-            raise DfqError("the model has no BatchNorm layers for RDSKD's BN-statistics term; "
-                           "set synth.rdskd.bn_weight: 0")
+            raise DfqError(
+                "the model has no BatchNorm layers for RDSKD's BN-statistics term; "
+                "set synth.rdskd.bn_weight: 0"
+            )
         if r.activation_weight > 0:
             try:
                 last_linear(teacher)
             except DfqError:
-                raise DfqError("the model has no final Linear layer for RDSKD's activation term; "
-                               "set synth.rdskd.activation_weight: 0") from None
-        self.weights = {"onehot": r.onehot_weight, "activation": r.activation_weight,
-                        "entropy": r.entropy_weight, "diversity": r.diversity_weight,
-                        "bn": r.bn_weight}
+                raise DfqError(
+                    "the model has no final Linear layer for RDSKD's activation term; "
+                    "set synth.rdskd.activation_weight: 0"
+                ) from None
+        self.weights = {
+            "onehot": r.onehot_weight,
+            "activation": r.activation_weight,
+            "entropy": r.entropy_weight,
+            "diversity": r.diversity_weight,
+            "bn": r.bn_weight,
+        }
         self.generator = seeded_generator(cfg, data_config, device)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=r.lr_generator,
-                                      betas=cfg.betas)
+        self.opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=r.lr_generator, betas=cfg.betas
+        )
         params = [] if student is None or r.student_steps == 0 else list(student.params)
-        self.opt_s = (torch.optim.Adam(params, lr=r.lr_student, betas=cfg.betas)
-                      if params else None)
+        self.opt_s = torch.optim.Adam(params, lr=r.lr_student, betas=cfg.betas) if params else None
         self.prev: dict[str, torch.Tensor] = {}
 
     def steps_per_round(self) -> int:
@@ -123,28 +139,36 @@ class RDSKDSynthesizer(Synthesizer):
     def losses(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Normalized samples G(z), the teacher's logits, and every (unweighted) loss term."""
         w = self.weights
-        feats_ctx = (penultimate_features(self.teacher) if w["activation"] > 0
-                     else contextlib.nullcontext({}))
+        feats_ctx = (
+            penultimate_features(self.teacher)
+            if w["activation"] > 0
+            else contextlib.nullcontext({})
+        )
         bn_ctx = BNStatHooks(self.teacher) if w["bn"] > 0 else contextlib.nullcontext()
         with autocast(self.device, self.cfg.amp), feats_ctx as feats, bn_ctx as bn:
             pixels = self.generator(z).float()
             x = self.data_config.normalize(pixels)
             logits = self.teacher(x.contiguous(memory_format=memory_format(x))).float()
             zero = logits.new_zeros(())
-            terms = {"onehot": onehot_loss(logits),
-                     "activation": activation_loss(feats["features"]) if feats else zero,
-                     "entropy": entropy_loss(logits)}
+            terms = {
+                "onehot": onehot_loss(logits),
+                "activation": activation_loss(feats["features"]) if feats else zero,
+                "entropy": entropy_loss(logits),
+            }
             ref = z if self.cfg.rdskd.diversity_reference == "latent" else F.softmax(logits, 1)
             terms["diversity"] = diversity_loss(pixels, ref)
             terms["bn"] = bn.loss() if bn is not None else zero
         return x, logits, terms
 
-    def generator_step(self, z: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def generator_step(
+        self, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One step on the penalized loss; samples, teacher logits, terms and penalty factors."""
         x, logits, terms = self.losses(z)
-        factors = {k: increment_penalty(terms[k], self.prev.get(k), self.cfg.rdskd.max_increment)
-                   for k in PENALIZED}
+        factors = {
+            k: increment_penalty(terms[k], self.prev.get(k), self.cfg.rdskd.max_increment)
+            for k in PENALIZED
+        }
         total = sum(self.weights[k] * factors.get(k, 1.0) * v for k, v in terms.items())
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
@@ -179,12 +203,15 @@ class RDSKDSynthesizer(Synthesizer):
             if it % cfg.log_every == 0 or it == iters:
                 values = floats(terms)
                 if not all(math.isfinite(v) for v in values.values()):
-                    raise DfqFailure(f"RDSKD loss became NaN/inf in round {self.tag(r)}; lower "
-                                     "synth.rdskd.lr_generator or the loss weights")
+                    raise DfqFailure(
+                        f"RDSKD loss became NaN/inf in round {self.tag(r)}; lower "
+                        "synth.rdskd.lr_generator or the loss weights"
+                    )
                 history.append({"step": r * iters + it, **values})
-                bar.step(it % cfg.log_every or cfg.log_every,
-                         f"round {self.tag(r)} " + " ".join(f"{k} {v:.3f}"
-                                                            for k, v in values.items()))
+                bar.step(
+                    it % cfg.log_every or cfg.log_every,
+                    f"round {self.tag(r)} " + " ".join(f"{k} {v:.3f}" for k, v in values.items()),
+                )
         with torch.no_grad():
             images = self.data_config.normalize(self.generator(self.latents(len(targets))).float())
             labels = self.teacher(images.contiguous(memory_format=memory_format(images))).argmax(1)
@@ -194,13 +221,15 @@ class RDSKDSynthesizer(Synthesizer):
         return {}  # the student (if any) already trained inside the loop
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(),
-                "generator": {k: v.detach().cpu().clone()
-                              for k, v in self.generator.state_dict().items()},
-                "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
-                "opt_student": (None if self.opt_s is None
-                                else copy.deepcopy(self.opt_s.state_dict())),
-                "prev": {k: v.cpu().clone() for k, v in self.prev.items()}}
+        return {
+            **super().state_dict(),
+            "generator": {
+                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
+            },
+            "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
+            "opt_student": (None if self.opt_s is None else copy.deepcopy(self.opt_s.state_dict())),
+            "prev": {k: v.cpu().clone() for k, v in self.prev.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -6,6 +6,7 @@ across classes) and the adversarial term against the student; after each batch t
 few distillation steps on everything synthesized so far, so the next batch probes its current
 weakness. The generator is re-initialized per batch unless the recipe says otherwise.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,14 +25,28 @@ from dfq.synth.synth_config import SynthConfig
 
 @register_synthesizer("rgal")
 class RGALSynthesizer(Synthesizer):
-    def __init__(self, teacher: nn.Module, cfg: SynthConfig, data_config: DataConfig,
-                 student: Student | None, device: torch.device) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: SynthConfig,
+        data_config: DataConfig,
+        student: Student | None,
+        device: torch.device,
+    ) -> None:
         super().__init__(teacher, cfg, data_config, student, device)
-        stages = (stage_outputs(teacher, data_config.input_size)
-                  if cfg.relation and cfg.relation_features == "stages" else [])
-        self.inversion = Inversion(teacher, cfg, data_config, relation=True,
-                                   student=None if student is None else student.model,
-                                   stages=stages)
+        stages = (
+            stage_outputs(teacher, data_config.input_size)
+            if cfg.relation and cfg.relation_features == "stages"
+            else []
+        )
+        self.inversion = Inversion(
+            teacher,
+            cfg,
+            data_config,
+            relation=True,
+            student=None if student is None else student.model,
+            stages=stages,
+        )
 
     def run_round(self, r: int, targets: torch.Tensor, rng: random.Random, bar: StepBar) -> Round:
         return self.inversion.run(targets, rng, bar, self.tag(r), r * self.cfg.iters)
