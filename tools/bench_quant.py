@@ -1,192 +1,265 @@
-"""Benchmark `dfq quantize` on the CIFAR-10 ResNets (issue 4 acceptance); writes runs/bench_quant/.
+"""Benchmark `dfq quantize`: accuracy drops against FP, per experiment and seed; runs/bench_quant/.
 
-Each experiment quantizes a fresh copy of the FP model and evaluates it on jpeg-10k and
-lossless-846. The data-free experiments share one synthetic calibration set per model, made by the
-default pipeline (`run_quantize`, W4A4, which is also the end-to-end timing); baselines and
-ablations change one thing.
+Each experiment quantizes a fresh copy of the FP model with the shipped recipe for the device (plus
+the experiment's changes) and evaluates it. CIFAR-10 models are scored on jpeg-10k and
+lossless-846 (and, with `--select`, on the train-5k split recipes are chosen on); ImageNet models
+on imagenet-sample-1k, also split into its even- and odd-indexed classes so that the real-image
+reference (calibrate and fine-tune on one half, score on the other, both ways: `real-xfit`) and
+the data-free rows are scored on the same images. Data-free rows of one seed and method share one
+synthetic set (made with the run's quantized student, as `dfq quantize` makes it). `e2e` rows
+run the whole `run_quantize` (synthesis, quantization, export, pictures) and record stage times.
 
-    flock /tmp/dfq-bench.lock python tools/bench_quant.py --models cifar10_resnet20 --only w4a4,w8a8
+    python tools/bench_quant.py --model cifar10_resnet20 --only e2e-w4a4,w8a8 --seeds 0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
-from dfq.calibration import load_calibration
 from dfq.data import load_images
+from dfq.data.images import ImageSet
+from dfq.device import keep_freed_memory
 from dfq.evaluate import evaluate
 from dfq.models import load_model
 from dfq.quant.pipeline import quantize_
 from dfq.run.quantize_run import run_quantize
-from dfq.run.recipe import quant_config, synth_config
+from dfq.run.recipe import quant_config, recipe_choice, synth_config
+from dfq.run.student import quantized_student
 from dfq.synth import synthesize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = {"cifar10_resnet20": "cifar10-resnet20.th", "cifar10_resnet56": "cifar10-resnet56.th"}
-TESTS = {"jpeg10k": "cifar10-test-jpeg.npz", "lossless846": "cifar10-test-lossless-846.npz"}
-# name -> (quant overrides, calibration kind, note)
+WEIGHTS = {
+    "cifar10_resnet20": "cifar10-resnet20.th",
+    "cifar10_resnet56": "cifar10-resnet56.th",
+    "timm:tf_efficientnet_lite0": "imagenet-efficientnet-lite0.pth",
+}
+CIFAR_TESTS = {"jpeg10k": "cifar10-test-jpeg.npz", "lossless846": "cifar10-test-lossless-846.npz"}
+SELECT = {"train5k": "cifar10-train-jpeg-5k.npz"}
+IMAGENET = "imagenet-sample-1k"
+NO_FT = {"reconstruct": False, "kd_iters": 0}
+# name -> (quant changes, synth changes, calibration kind, note)
 EXPERIMENTS = {
-    "w4a4": ({}, "synth", "data-free, default protocol (first/last 8 bit), end-to-end timed"),
-    "w8a8": ({"wbits": 8, "abits": 8}, "synth", "data-free"),
-    "w4a4-same": ({"first_last_bits": "same"}, "synth", "all layers 4 bit (IntraQ protocol)"),
-    "w3a3-same": ({"wbits": 3, "abits": 3, "first_last_bits": "same"}, "synth", "all layers 3 bit"),
-    "noise-noft": (
-        {"reconstruct": False, "kd_iters": 0},
-        "noise",
-        "baseline: Gaussian calib, no FT",
-    ),
-    "bn-noft": (
-        {"reconstruct": False, "kd_iters": 0},
-        "bn",
-        "baseline: BN-statistics synth, no FT",
-    ),
-    "real-ft": ({}, "real", "real 5k-train images, full fine-tuning (ceiling)"),
-    "no-relation": ({"relation_weight": 0.0}, "synth-norel", "ablation: relation losses off"),
-    "no-recon": ({"reconstruct": False}, "synth", "ablation: block reconstruction off"),
-    "w4a4-same-long": (
-        {"first_last_bits": "same", "recon_iters": 600, "kd_iters": 600},
+    "e2e-w4a4": ({}, {}, "e2e", "whole dfq quantize --bits 4, timed"),
+    "e2e-w8a8": ({"wbits": 8, "abits": 8}, {}, "e2e", "whole dfq quantize --bits 8, timed"),
+    "w4a4": ({}, {}, "synth", "data-free, default protocol"),
+    "w8a8": ({"wbits": 8, "abits": 8}, {}, "synth", "data-free, default protocol"),
+    "w4a8": ({"wbits": 4, "abits": 8}, {}, "synth", "data-free, default protocol"),
+    "gdfq-w4a4": ({"protocol": "gdfq"}, {}, "synth", "gdfq protocol (GDFQ/IntraQ/SynQ tables)"),
+    "gdfq-w3a3": ({"protocol": "gdfq", "wbits": 3, "abits": 3}, {}, "synth", "gdfq protocol"),
+    "genie-w4a4": ({"protocol": "genie"}, {}, "synth", "genie protocol (Genie/BRECQ tables)"),
+    "noise-noft": (NO_FT, {}, "noise", "baseline: Gaussian noise calibration, no fine-tuning"),
+    "bn-noft": (NO_FT, {"method": "bn"}, "synth", "baseline: BN-statistics synthesis, no FT"),
+    "real-ft": ({}, {}, "real", "real train-5k images + fine-tuning (CIFAR ceiling)"),
+    "real-xfit": ({}, {}, "xfit", "real images, 2-fold cross-fit over class halves (ImageNet)"),
+    "bn-w4a4": ({}, {"method": "bn"}, "synth", "method bn"),
+    "dfad-w4a4": ({}, {"method": "dfad"}, "synth", "method dfad"),
+    "rdskd-w4a4": ({}, {"method": "rdskd"}, "synth", "method rdskd"),
+    "bn-gdfq-w4a4": ({"protocol": "gdfq"}, {"method": "bn"}, "synth", "method bn, gdfq"),
+    "dfad-gdfq-w4a4": ({"protocol": "gdfq"}, {"method": "dfad"}, "synth", "method dfad, gdfq"),
+    "rdskd-gdfq-w4a4": ({"protocol": "gdfq"}, {"method": "rdskd"}, "synth", "rdskd, gdfq"),
+    "bn-gdfq-w3a3": (
+        {"protocol": "gdfq", "wbits": 3, "abits": 3},
+        {"method": "bn"},
         "synth",
-        "all layers 4 bit, twice the fine-tuning iterations",
+        "method bn, gdfq W3A3",
     ),
-    "w4a4-same-all": (
-        {"first_last_bits": "same", "kd_params": "all"},
+    "dfad-gdfq-w3a3": (
+        {"protocol": "gdfq", "wbits": 3, "abits": 3},
+        {"method": "dfad"},
         "synth",
-        "all layers 4 bit, distillation also updates weights (STE)",
+        "method dfad, gdfq W3A3",
+    ),
+    "rdskd-gdfq-w3a3": (
+        {"protocol": "gdfq", "wbits": 3, "abits": 3},
+        {"method": "rdskd"},
+        "synth",
+        "method rdskd, gdfq W3A3",
     ),
 }
 
 
-def fp_model(name):
+def fp_model(name: str):
     return load_model(name, weights=SHARED / "models" / WEIGHTS[name])
 
 
-def accuracy(model, dc, tests):
+def test_sets(name: str, dc, select: bool) -> dict[str, ImageSet]:
+    if name.startswith("cifar10_"):
+        files = {**CIFAR_TESTS, **(SELECT if select else {})}
+        return {k: load_images(SHARED / "data" / f, dc) for k, f in files.items()}
+    full = load_images(SHARED / "data" / IMAGENET, dc)
+    x, y = full.x, full.y
+    even, odd = (y % 2 == 0), (y % 2 == 1)
+    return {
+        "all": ImageSet(x, y, source=IMAGENET),
+        "even": ImageSet(x[even], y[even], source="even classes"),
+        "odd": ImageSet(x[odd], y[odd], source="odd classes"),
+    }
+
+
+def accuracy(model, dc, tests) -> dict[str, float]:
     return {k: evaluate(model, v, dc, show_progress=False)["top1"] for k, v in tests.items()}
 
 
-def calibration(kind, name, dc, n, out_dir, seed, cache):
-    """Normalized calibration images for one kind (cached per model)."""
-    if kind in cache:
-        return cache[kind]
-    model, _ = fp_model(name)
-    scfg = synth_config(None, dc, {"num_images": n, "seed": seed})
-    if kind == "noise":
-        x = torch.randn(n, *dc.input_size, generator=torch.Generator().manual_seed(seed))
-    elif kind == "real":
-        imgs = load_images(SHARED / "data" / "cifar10-train-jpeg-5k.npz", dc)
-        idx = torch.randperm(len(imgs), generator=torch.Generator().manual_seed(seed))[:n]
-        x = imgs.normalize(imgs.x[idx], dc)
-    elif kind == "bn":  # ZeroQ-like: pixels, BN statistics + class prior only, no student
-        x = synthesize(
-            model,
-            replace(scfg, method="pixels", relation=False, adv_weight=0.0),
-            dc,
-            progress=False,
-        ).images
-    elif kind == "synth-norel":
-        x = synthesize(model, replace(scfg, relation=False), dc, progress=False).images
-    else:
-        raise KeyError(kind)
-    cache[kind] = x
-    return x
+class Calibration:
+    """Calibration sets per (kind, method, seed), made once per process."""
 
+    def __init__(self, name, dc, args, device):
+        self.name, self.dc, self.args, self.device = name, dc, args, device
+        self.cache: dict = {}
 
-def run_model(name, only, args, results, out_dir):
-    model, dc = fp_model(name)
-    tests = {k: load_images(SHARED / "data" / f, dc) for k, f in TESTS.items()}
-    results[name] = res = results.get(name, {})
-    res["fp"] = accuracy(model, dc, tests)
-    print(name, "fp", res["fp"], flush=True)
-    cache: dict = {}
-    base = quant_config(None, dc, {})
-    e2e = out_dir / f"{name}-w4a4"
-    needs_synth = any(EXPERIMENTS[e][1] == "synth" for e in only)
-    if "w4a4" not in only and needs_synth and (e2e / "calibration.npz").exists():
-        # reuse the synthetic set of an earlier w4a4 run of this model (same seed and recipe)
-        cache["synth"] = load_calibration(e2e / "calibration.npz").images
-        print(name, "reusing", e2e / "calibration.npz", flush=True)
-    elif "w4a4" in only or needs_synth:
+    def get(self, kind, synth_changes, qcfg, seed):
+        synth_changes = {**self.args.synth_changes, **synth_changes}
+        key = (kind, synth_changes.get("method", "default"), seed)
+        if key not in self.cache:
+            self.cache[key] = self._make(kind, synth_changes, qcfg, seed)
+        return self.cache[key]
+
+    def _make(self, kind, synth_changes, qcfg, seed):
+        dc, n = self.dc, self.args.num_images
+        if kind == "noise":
+            return torch.randn(n, *dc.input_size, generator=torch.Generator().manual_seed(seed))
+        if kind == "real":
+            imgs = load_images(SHARED / "data" / SELECT["train5k"], dc)
+            idx = torch.randperm(len(imgs), generator=torch.Generator().manual_seed(seed))[:n]
+            return imgs.normalize(imgs.x[idx], dc)
+        model, _ = fp_model(self.name)
+        scfg = synth_config(
+            None, dc, {"num_images": n, "seed": seed, **synth_changes}, device=self.device
+        )
+        student = quantized_student(model, qcfg, dc, seed, self.device)
         start = time.perf_counter()
-        scfg = synth_config(None, dc, {"num_images": args.num_images, "seed": args.seed})
+        calib = synthesize(model, scfg, dc, student=student, progress=False, device=self.device)
+        print(
+            f"  synthesized {len(calib)} ({scfg.method}, seed {seed}) in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+        return calib.source if calib.source is not None else calib.images
+
+
+def run_experiment(exp, name, dc, tests, cal, args, out_dir, seed, device) -> dict:
+    qchanges, schanges, kind, note = EXPERIMENTS[exp]
+    base = quant_config(None, dc, {}, device=device)
+    cfg = replace(base, **qchanges)
+    start = time.perf_counter()
+    if kind == "e2e":
+        model, _ = fp_model(name)
+        scfg = synth_config(
+            None,
+            dc,
+            {"num_images": args.num_images, "seed": seed, **args.synth_changes, **schanges},
+            device=device,
+        )
         report = run_quantize(
             model,
             name,
             dc,
-            base,
-            e2e,
+            cfg,
+            out_dir / f"{exp}-s{seed}",
             synth_cfg=scfg,
-            seed=args.seed,
+            seed=seed,
+            device=device,
             overwrite=True,
             progress=False,
+            recipe_choice=recipe_choice(dc, device),
         )
-        wall = time.perf_counter() - start
-        cache["synth"] = load_calibration(e2e / "calibration.npz").images
-        res["w4a4"] = {
+        return {
             "acc": accuracy(model, dc, tests),
-            "seconds_end_to_end": round(wall, 1),
-            "stages": {k: v["seconds"] for k, v in report["stages"].items()},
-            "note": EXPERIMENTS["w4a4"][2],
-        }
-        _save(results, out_dir)
-        print(name, "w4a4", res["w4a4"], flush=True)
-    for exp in only:
-        if exp == "w4a4":
-            continue
-        over, kind, note = EXPERIMENTS[exp]
-        calib = calibration(kind, name, dc, args.num_images, out_dir, args.seed, cache)
-        cfg = replace(base, **over)
-        m, _ = fp_model(name)
-        start = time.perf_counter()
-        report = quantize_(m, cfg, calib, progress=False, seed=args.seed)
-        res[exp] = {
-            "acc": accuracy(m, dc, tests),
-            "seconds_quantize": round(time.perf_counter() - start, 1),
-            "calibration": kind,
             "note": note,
-            "kd_loss_final": report["stages"]["bake"]["kd_loss"],
+            "seconds": round(time.perf_counter() - start, 1),
+            "stages": {k: v["seconds"] for k, v in report["stages"].items()},
+            "check": report.get("export", {}).get("check"),
         }
-        _save(results, out_dir)
-        print(name, exp, res[exp], flush=True)
+    if kind == "xfit":
+        return _crossfit(name, dc, tests, cfg, args, seed, note, start)
+    data = cal.get(kind, schanges, cfg, seed)
+    model, _ = fp_model(name)
+    report = quantize_(model, cfg, data, progress=False, seed=seed)
+    return {
+        "acc": accuracy(model, dc, tests),
+        "note": note,
+        "seconds": round(time.perf_counter() - start, 1),
+        "kd_loss_final": report["stages"]["bake"]["kd_loss"],
+    }
 
 
-def _save(results, out_dir):
+def _crossfit(name, dc, tests, cfg, args, seed, note, start) -> dict:
+    """Calibrate + fine-tune on one half of the classes, score on the other, both ways."""
+    correct, acc = 0.0, {}
+    for fit, score in (("even", "odd"), ("odd", "even")):
+        imgs = tests[fit]
+        model, _ = fp_model(name)
+        quantize_(model, cfg, imgs.normalize(imgs.x, dc), progress=False, seed=seed)
+        acc[score] = evaluate(model, tests[score], dc, show_progress=False)["top1"]
+        correct += acc[score] * len(tests[score])
+    acc["all"] = round(correct / len(tests["all"]), 2)
+    return {"acc": acc, "note": note, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def write_tables(results: dict, out_dir: Path) -> None:
+    """results.json, and results.md: per experiment, each test set's mean drop and its spread."""
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    lines = [
-        "| model | experiment | jpeg-10k | drop | lossless-846 | drop | note |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = []
     for name, res in results.items():
-        fp = res.get("fp", {})
-        for exp, r in res.items():
-            acc = r if exp == "fp" else r["acc"]
-            d = {k: (round(fp[k] - acc[k], 2) if exp != "fp" else "") for k in TESTS}
+        fp = res["fp"]
+        keys = list(fp)
+        lines += [
+            f"### {name} (FP: " + ", ".join(f"{k} {v:.2f}" for k, v in fp.items()) + ")",
+            "",
+            "| experiment | seeds | "
+            + " | ".join(f"{k} (drop)" for k in keys)
+            + " | seconds | note |",
+            "|---" * (len(keys) + 4) + "|",
+        ]
+        for exp, runs in res.items():
+            if exp == "fp":
+                continue
+            cells = []
+            for k in keys:
+                accs = [r["acc"][k] for r in runs.values() if k in r["acc"]]
+                if not accs:
+                    cells.append("")
+                    continue
+                mean = statistics.mean(accs)
+                spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+                cells.append(f"{mean:.2f}{spread} ({fp[k] - mean:.2f})")
+            secs = statistics.mean(r["seconds"] for r in runs.values())
+            note = next(iter(runs.values()))["note"]
             lines.append(
-                f"| {name} | {exp} | {acc['jpeg10k']:.2f} | {d['jpeg10k']} | "
-                f"{acc['lossless846']:.2f} | {d['lossless846']} | "
-                f"{'' if exp == 'fp' else r['note']} |"
+                f"| {exp} | {','.join(runs)} | " + " | ".join(cells) + f" | {secs:.0f} | {note} |"
             )
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+        lines.append("")
+    (out_dir / "results.md").write_text("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="cifar10_resnet20,cifar10_resnet56")
+    ap.add_argument("--model", default="cifar10_resnet20", choices=sorted(WEIGHTS))
+    ap.add_argument("--only", default="e2e-w4a4,w8a8", help=f"of {', '.join(EXPERIMENTS)}")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--num-images", type=int, default=None, help="[recipe]")
+    ap.add_argument("--select", action="store_true", help="also score on the train-5k split")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument(
-        "--only", default=",".join(EXPERIMENTS), help=f"subset of {', '.join(EXPERIMENTS)}"
-    )
-    ap.add_argument("--num-images", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--threads", type=int, default=None, help="torch threads (1 when the CPU is shared)"
+        "--synth",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a synth recipe value for every experiment (YAML value), repeatable",
     )
     ap.add_argument("--out", default="runs/bench_quant")
     args = ap.parse_args()
+    args.synth_changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.synth)}
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     only = [e.strip() for e in args.only.split(",") if e.strip()]
@@ -197,8 +270,20 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    for name in args.models.split(","):
-        run_model(name.strip(), only, args, results, out_dir)
+    model, dc = fp_model(args.model)
+    if args.num_images is None:
+        args.num_images = synth_config(None, dc, device=args.device).num_images
+    tests = test_sets(args.model, dc, args.select)
+    res = results.setdefault(args.model, {})
+    res["fp"] = accuracy(model, dc, tests)
+    print(args.model, "fp", res["fp"], flush=True)
+    cal = Calibration(args.model, dc, args, args.device)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for exp in only:
+            r = run_experiment(exp, args.model, dc, tests, cal, args, out_dir, seed, args.device)
+            res.setdefault(exp, {})[str(seed)] = r
+            write_tables(results, out_dir)
+            print(args.model, exp, f"seed {seed}", r, flush=True)
 
 
 if __name__ == "__main__":
