@@ -40,3 +40,31 @@ def trainable(params: list[nn.Parameter]) -> Iterator[None]:
     finally:
         for p, f in flags.items():
             p.requires_grad_(f)
+
+
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def autocast(dev: torch.device, amp: str = "auto"):
+    """bfloat16 autocast on CUDA ('auto') or wherever asked ('bf16'). Losses, BN statistics and
+    quantizer arithmetic stay float32 (the callers cast to float where it matters)."""
+    enabled = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last on CUDA, where convolutions (cuDNN, tensor cores) run fastest in it."""
+    return torch.channels_last if x.is_cuda and x.dim() == 4 else torch.contiguous_format
+
+
+@contextmanager
+def channels_last(*models: nn.Module) -> Iterator[None]:
+    """Models in channels_last on CUDA (cuDNN's fastest layout), back to contiguous on exit."""
+    cuda = [m for m in models if next((p.is_cuda for p in m.parameters()), False)]
+    for m in cuda:
+        m.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for m in cuda:
+            m.to(memory_format=torch.contiguous_format)

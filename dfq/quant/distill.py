@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dfq.modes import trainable
+from dfq.modes import autocast, channels_last, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.quant.data_source import DataSource, FixedImages
 from dfq.quant.layers import quant_layers
@@ -53,7 +53,8 @@ def distill(
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
     params = kd_parameters(student, cfg.kd_params)
-    opt = torch.optim.Adam(params, lr=cfg.kd_lr)
+    dev = next(student.parameters()).device
+    opt = torch.optim.Adam(params, lr=cfg.kd_lr, fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.kd_iters))
     history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0
@@ -61,12 +62,15 @@ def distill(
     count = 0
     with (
         trainable(params),
+        channels_last(student, teacher),
         penultimate_features(student) as feats,
         StepBar(cfg.kd_iters, "distill", enabled=progress) as bar,
     ):
         for step in range(cfg.kd_iters):
-            x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
-            s_logits = student(x)
+            with autocast(dev, cfg.amp):
+                x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
+                s_logits = student(x.contiguous(memory_format=memory_format(x))).float()
+            t_logits = t_logits.float()
             kd = kd_loss(s_logits, t_logits, cfg.kd_temperature)
             rel = (
                 student_relation_loss(

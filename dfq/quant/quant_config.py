@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from dfq.errors import DfqError
 
+AMP_MODES = ("auto", "bf16", "off")
 PROTOCOLS = ("deploy", "gdfq", "genie")
 WEIGHT_INITS = ("mse", "minmax")
 ACT_INITS = ("mse", "percentile", "minmax")
@@ -50,6 +51,7 @@ class QuantConfig:
     relation_weight: float = 0.1
     relation_margin: float = 0.2
     log_every: int = 10
+    amp: str = "auto"  # bf16 autocast of the forward passes on CUDA (quantizers in float32)
 
     def __post_init__(self) -> None:
         for name in ("wbits", "abits"):
@@ -62,6 +64,7 @@ class QuantConfig:
             raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
+        _choice("amp", self.amp, AMP_MODES)
         if self.log_every < 1 or self.class_images < 0 or self.class_images == 1:
             raise DfqError("log_every must be >= 1 and class_images 0 (automatic) or >= 2")
         _choice("weight_init", self.weight_init, WEIGHT_INITS)

@@ -81,6 +81,8 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()  # the grid arithmetic in float32, also under bf16 autocast
         per_scale = x.numel() / max(1, self.scale.numel())
         s = self.step(x)
         if self.scale.requires_grad and torch.is_grad_enabled():

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dfq.models.blocks import units
-from dfq.modes import trainable
+from dfq.modes import autocast, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.quant.layers import QuantLayer, quant_layers
 from dfq.quant.quant_config import QuantConfig
@@ -147,7 +147,8 @@ def _reconstruct_unit(
     act = [q.scale for q in activation_quantizers(block) if q.enabled]
     alphas = [r.alpha for r in rounds]
     opt = torch.optim.Adam(
-        [{"params": alphas, "lr": cfg.recon_lr_round}, {"params": act, "lr": cfg.recon_lr_act}]
+        [{"params": alphas, "lr": cfg.recon_lr_round}, {"params": act, "lr": cfg.recon_lr_act}],
+        fused=x_q.is_cuda,
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.recon_iters))
     n, iters = len(x_q), cfg.recon_iters
@@ -164,7 +165,9 @@ def _reconstruct_unit(
             if cfg.qdrop_prob > 0:
                 keep = torch.rand(inp.shape, generator=dev_gen, device=inp.device) < cfg.qdrop_prob
                 inp = torch.where(keep, inp, x_fp[idx])
-            rec = (block(inp) - y_fp[idx]).pow(2).sum(1).mean()  # BRECQ: sum over channels
+            with autocast(inp.device, cfg.amp):
+                out = block(inp.contiguous(memory_format=memory_format(inp))).float()
+            rec = (out - y_fp[idx]).pow(2).sum(1).mean()  # BRECQ: sum over channels
             loss = rec
             if it >= warm and cfg.round_reg_weight > 0:
                 beta = _beta(it - warm, iters - warm)

@@ -22,6 +22,7 @@ from torch import nn
 
 from dfq.errors import DfqFailure
 from dfq.models.data_config import DataConfig
+from dfq.modes import autocast, memory_format
 from dfq.progress import StepBar
 from dfq.synth.augment import jitter_flip, swing
 from dfq.synth.bn_stats import BNStatHooks
@@ -262,17 +263,6 @@ def floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     """One host transfer for all loss terms."""
     values = torch.stack([v.float() for v in terms.values()]).tolist()
     return dict(zip(terms, values, strict=True))
-
-
-def autocast(dev: torch.device, amp: str):
-    """bfloat16 autocast on CUDA ('auto') or wherever asked ('bf16'); BN statistics stay float32."""
-    enabled = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last on CUDA, where convolutions (cuDNN, tensor cores) run fastest in it."""
-    return torch.channels_last if x.is_cuda else torch.contiguous_format
 
 
 def adversarial_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

@@ -36,12 +36,12 @@ from torch import nn
 
 from dfq.errors import DfqError, DfqFailure
 from dfq.models.data_config import DataConfig
-from dfq.modes import trainable
+from dfq.modes import autocast, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.synth.bn_stats import BNStatHooks, bn_layers
 from dfq.synth.features import last_linear, penultimate_features
 from dfq.synth.generator import seeded_generator
-from dfq.synth.inversion import autocast, floats, memory_format
+from dfq.synth.inversion import floats
 from dfq.synth.registry import Round, Synthesizer, register_synthesizer
 from dfq.synth.student import Student, kd_loss
 from dfq.synth.synth_config import SynthConfig
