@@ -4,9 +4,10 @@ positives and are non-zero on most batches."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from dataclasses import replace
 
 from dfq.quant.distill import distill
 from dfq.quant.insert import prepare
