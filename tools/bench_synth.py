@@ -25,10 +25,12 @@ from dfq.calibration import CalibrationReader, CalibrationSet
 from dfq.data import load_images
 from dfq.evaluate import evaluate
 from dfq.models import load_model
+from dfq.quant.quant_config import QuantConfig
 from dfq.run.recipe import synth_config
+from dfq.run.student import quantized_student
 from dfq.synth import synthesize
 from dfq.synth.bn_stats import BNStatHooks
-from dfq.synth.relation import penultimate_features
+from dfq.synth.features import penultimate_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -135,6 +137,11 @@ def set_stats(model, calib: CalibrationSet, margin: float) -> dict:
     }
 
 
+def _student(model, cfg, seed, args):
+    """The student dfq synthesize gives the methods that use one: the model at W4A4."""
+    return quantized_student(model, QuantConfig(wbits=4, abits=4), cfg, seed, args.device)
+
+
 def part_quantizer(args, out: Path) -> list[dict]:
     rows = []
     for name in args.models:
@@ -149,35 +156,43 @@ def part_quantizer(args, out: Path) -> list[dict]:
                 **{f"{s} {k}": v for s in args.schemes for k, v in fp_acc.items()},
             }
         )
-        scfg = synth_config(
-            args.recipe,
-            cfg,
-            {"num_images": args.num_images, "iters": args.iters, "seed": args.seed},
+        sources = {}
+        for method in args.methods:
+            for seed in args.seeds:
+                changes = {"num_images": args.num_images, "seed": seed, "method": method}
+                if args.iters:
+                    changes["iters"] = args.iters
+                scfg = synth_config(args.recipe, cfg, changes, device=args.device)
+                start = time.perf_counter()
+                synth = synthesize(
+                    model,
+                    scfg,
+                    cfg,
+                    student=_student(model, cfg, seed, args),
+                    progress=args.progress,
+                    model_name=name,
+                    device=args.device,
+                )
+                synth.metadata["wall"] = time.perf_counter() - start
+                sources[f"(a) {method}, seed {seed}"] = synth
+        sources.update(
+            {
+                "(b) real train-5k": real_calib(cfg, args.num_images, 0),
+                "(c) gaussian noise": noise_calib(cfg, args.num_images, 0),
+            }
         )
-        start = time.perf_counter()
-        synth = synthesize(
-            model, scfg, cfg, progress=args.progress, model_name=name, device=args.device
-        )
-        wall = time.perf_counter() - start
-        sources = {
-            "(a) dfq synthesize": synth,
-            "(b) real train-5k": real_calib(cfg, args.num_images, 0),
-            "(c) gaussian noise": noise_calib(cfg, args.num_images, 0),
-        }
         for label, calib in sources.items():
             row = {"model": name, "calib": label}
             for scheme in args.schemes:
-                q = ort_quantize(fp, out / f"{name}.{label[1]}.{scheme}.onnx", calib, scheme)
+                q = ort_quantize(fp, out / f"{name}.calib.{scheme}.onnx", calib, scheme)
                 acc = ort_top1(q, cfg, tests, optimize=SCHEMES[scheme][1])
                 row.update({f"{scheme} {k}": v for k, v in acc.items()})
             row.update(set_stats(model, calib, 0.5))
-            if calib is synth:
+            if "wall" in calib.metadata:
                 row.update(
-                    synth_seconds=round(wall, 1),
-                    images_per_s=round(len(synth) / wall, 3),
-                    iters=scfg.iters,
-                    batch_size=scfg.batch_size,
-                    method=scfg.method,
+                    synth_seconds=round(calib.metadata["wall"], 1),
+                    method=calib.metadata["method"],
+                    seed=calib.metadata["seed"],
                 )
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -198,7 +213,7 @@ def part_ablation(args, out: Path) -> list[dict]:
     model, cfg = load(name)
     tests = {"jpeg-10k": load_images(SHARED / "data" / TESTS["jpeg-10k"], cfg)}
     fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
-    for method in ("generator", "pixels"):
+    for param in ("generator", "pixels"):
         for label, over in ABLATION.items():
             scfg = synth_config(
                 args.recipe,
@@ -206,8 +221,8 @@ def part_ablation(args, out: Path) -> list[dict]:
                 {
                     "num_images": args.num_images,
                     "iters": args.iters,
-                    "seed": args.seed,
-                    "method": method,
+                    "seed": args.seeds[0],
+                    "param": param,
                     **over,
                 },
             )
@@ -217,7 +232,7 @@ def part_ablation(args, out: Path) -> list[dict]:
             q = ort_quantize(fp, out / f"{name}.abl.int8.onnx", calib)
             row = {
                 "model": name,
-                "method": method,
+                "param": param,
                 "losses": label,
                 "seconds": round(wall, 1),
                 "final_bn_loss_synth": calib.metadata["final_losses"]["bn"],
@@ -234,11 +249,11 @@ def part_cost(args, out: Path) -> list[dict]:
     rows = []
     model, cfg = load_model("torchvision:resnet18", pretrained=False)
     full = synth_config("imagenet", cfg)
-    for method in ("generator", "pixels"):
+    for param in ("generator", "pixels"):
         scfg = synth_config(
             "imagenet",
             cfg,
-            {"num_images": full.batch_size, "iters": args.cost_iters, "method": method},
+            {"num_images": full.batch_size, "iters": args.cost_iters, "param": param},
         )
         start = time.perf_counter()
         synthesize(model, scfg, cfg, progress=args.progress, model_name="resnet18")
@@ -247,7 +262,7 @@ def part_cost(args, out: Path) -> list[dict]:
         rows.append(
             {
                 "model": "torchvision:resnet18",
-                "method": method,
+                "param": param,
                 "batch": scfg.batch_size,
                 "iters_measured": scfg.iters,
                 "s_per_step": round(per_step, 2),
@@ -274,7 +289,8 @@ def main() -> None:
     ap.add_argument("--num-images", type=int, default=512)
     ap.add_argument("--iters", type=int, default=None, help="override the recipe's iters")
     ap.add_argument("--cost-iters", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="synthesis seeds, e.g. 0,1,2")
+    ap.add_argument("--methods", default="rgal", help="synthesis methods, e.g. bn,rgal,dfad,rdskd")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest when shared)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument(
@@ -291,6 +307,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_synth")
     args = ap.parse_args()
     args.models = args.models.split(",")
+    args.seeds = [int(x) for x in args.seeds.split(",")]
+    args.methods = args.methods.split(",")
     args.schemes = args.schemes.split(",")
     if set(args.schemes) - set(SCHEMES):
         ap.error(f"unknown schemes {sorted(set(args.schemes) - set(SCHEMES))}")

@@ -211,9 +211,17 @@ quiet = click.option(
     is_flag=True,
     expose_value=False,
     is_eager=True,
-    callback=lambda ctx, param, v: set_quiet(True) if v else None,
+    callback=lambda ctx, param, v: _quiet(ctx) if v else None,
     help="No progress bars or progress lines on stderr.",
 )
+
+
+def _quiet(ctx: click.Context) -> None:
+    """Silence progress for this command only (restored when it ends)."""
+    set_quiet(True)
+    ctx.call_on_close(lambda: set_quiet(False))
+
+
 method = click.option(
     "--method",
     default=None,

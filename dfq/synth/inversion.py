@@ -53,6 +53,24 @@ class Inversion:
         self.stages = stages
         self.generator: Generator | None = None  # kept across batches unless reinit_generator
 
+    def state_dict(self) -> dict:
+        """The generator kept across batches (`reinit_generator: false`), if any."""
+        if self.generator is None:
+            return {}
+        return {
+            "generator": {
+                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
+            },
+            "size": list(self.generator.out_size),
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        if not state:
+            return
+        size = (self.data_config.input_size[0], *state["size"])
+        self.generator = Generator(self.cfg.latent_dim, self.cfg.generator_width, size).to(device)
+        self.generator.load_state_dict(state["generator"])
+
     def run(
         self, targets: torch.Tensor, rng: random.Random, bar: StepBar, tag: str, first_step: int = 0
     ) -> Round:

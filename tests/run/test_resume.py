@@ -14,7 +14,6 @@ from dfq.run.resume import WorkDir
 ARGS = [
     "synthesize",
     "cifar10_resnet20",
-    "--no-pretrained",
     "-n",
     "16",
     "--batch-size",
@@ -25,10 +24,17 @@ ARGS = [
     "synth.student_steps=2",
     "--quiet",
 ]
+WEIGHTS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _weights(resnet20_weights):
+    """The same model in every run (random weights would differ between runs)."""
+    WEIGHTS[:] = ["--weights", str(resnet20_weights)]
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return CliRunner().invoke(main, [str(a) for a in args] + WEIGHTS)
 
 
 def test_interrupted_synthesis_resumes_to_the_same_set(tmp_path, monkeypatch):

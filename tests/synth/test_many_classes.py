@@ -24,21 +24,22 @@ def test_relation_losses_are_active_at_1000_classes(recipe):
     model[-1].weight.data *= 20.0  # a confident head, as a trained classifier has
     cfg = synth_config(recipe, data)
     assert cfg.class_images >= 2 and cfg.relation and cfg.relation_weight > 0
-    # the recipe's settings, at a size a test affords (8x8 images, 2 batches, few steps)
+    # the recipe's settings, at a size a test affords (8x8 images, 4 batches, few steps)
     cfg = replace(
         cfg,
-        num_images=2 * cfg.batch_size,
-        iters=20,
-        log_every=2,
+        num_images=4 * cfg.batch_size,
+        iters=40,
+        log_every=4,
         low_res=0,
         full_res_iters=0,
         student_steps=0,
     )
     calib = synthesize(model, cfg, data, progress=False)
-    rel = [h["rel"] for h in calib.metadata["history"]]
-    assert sum(r > 0 for r in rel) > 0.5 * len(rel), rel
-    per_batch = [torch.bincount(b, minlength=CLASSES) for b in calib.labels.split(cfg.batch_size)]
-    assert all(c.max() >= 2 for c in per_batch)  # positives in every batch
+    logs = calib.metadata["history"]
+    active = [any(h["rel"] > 0 for h in logs[i * 10 : (i + 1) * 10]) for i in range(4)]
+    assert sum(active) >= 3, logs  # most batches (the old recipe: none, no positives)
+    counts = [torch.bincount(b, minlength=CLASSES) for b in calib.labels.split(cfg.batch_size)]
+    assert all(c.max() >= 2 for c in counts)  # positives in every batch
 
     qcfg = replace(quant_config(recipe, data), kd_iters=20, log_every=2, calib_batch_size=16)
     student = tiny_model(num_classes=CLASSES)

@@ -1,5 +1,5 @@
 """`bn`: BatchNorm statistics and class prior only (ZeroQ / Genie-style inversion), the baseline
-the relation losses are measured against."""
+the relation losses are measured against. Also the base of `rgal`, which adds its terms."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ class BNSynthesizer(Synthesizer):
 
     def run_round(self, r: int, targets: torch.Tensor, rng: random.Random, bar: StepBar) -> Round:
         return self.inversion.run(targets, rng, bar, self.tag(r), r * self.cfg.iters)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "inversion": self.inversion.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.inversion.load_state_dict(state.get("inversion") or {}, self.device)

@@ -20,7 +20,6 @@ made on the fly, each preceded by one generation step against the student being 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 
@@ -33,9 +32,10 @@ from dfq.models.data_config import DataConfig
 from dfq.modes import autocast, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.synth.bn_stats import BNStatHooks, bn_layers
-from dfq.synth.generator import Generator, seeded_generator
+from dfq.synth.generator import Generator
 from dfq.synth.inversion import floats
-from dfq.synth.registry import Round, Synthesizer, register_synthesizer
+from dfq.synth.methods.generator_game import GeneratorGame
+from dfq.synth.registry import Round, register_synthesizer
 from dfq.synth.student import Student
 from dfq.synth.synth_config import SynthConfig
 
@@ -90,7 +90,7 @@ def sample(generator: Generator, z: torch.Tensor, data_config: DataConfig) -> to
 
 
 @register_synthesizer("dfad")
-class DFADSynthesizer(Synthesizer):
+class DFADSynthesizer(GeneratorGame):
     needs_bn = False  # the BN term is optional; checked in __init__ when its weight is > 0
     needs_student = True
 
@@ -102,20 +102,21 @@ class DFADSynthesizer(Synthesizer):
         student: Student | None,
         device: torch.device,
     ) -> None:
-        super().__init__(teacher, cfg, data_config, student, device)
+        super().__init__(
+            teacher,
+            cfg,
+            data_config,
+            student,
+            device,
+            cfg.dfad.lr_generator,
+            cfg.dfad.lr_student,
+            student_trains=True,
+        )
         if cfg.dfad.bn_weight > 0 and not bn_layers(teacher):
             raise DfqError(
                 "the model has no BatchNorm layers for DFAD's BN-statistics term; set "
                 "synth.dfad.bn_weight: 0 (the original DFAD has none)"
             )
-        self.generator = seeded_generator(cfg, data_config, device)
-        self.opt_g = torch.optim.Adam(
-            self.generator.parameters(), lr=cfg.dfad.lr_generator, betas=cfg.betas
-        )
-        params = [] if student is None else list(student.params)
-        self.opt_s = (
-            torch.optim.Adam(params, lr=cfg.dfad.lr_student, betas=cfg.betas) if params else None
-        )
 
     def steps_per_round(self) -> int:
         return self.cfg.dfad.iters
@@ -182,26 +183,6 @@ class DFADSynthesizer(Synthesizer):
         with torch.no_grad():
             labels = self.teacher(images.contiguous(memory_format=memory_format(images))).argmax(1)
         return Round(images, labels, values, history)
-
-    def after_round(self, images: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        return {}  # the student already trained during the game
-
-    def state_dict(self) -> dict:
-        return {
-            **super().state_dict(),
-            "generator": {
-                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
-            },
-            "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
-            "opt_student": (None if self.opt_s is None else copy.deepcopy(self.opt_s.state_dict())),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.load_state_dict(state["generator"])
-        self.opt_g.load_state_dict(state["opt_generator"])
-        if self.opt_s is not None and state.get("opt_student") is not None:
-            self.opt_s.load_state_dict(state["opt_student"])
 
     def data_source(self) -> DFADSource:
         return DFADSource(self.generator, self.opt_g, self.data_config, self.cfg)

@@ -26,7 +26,6 @@ each iteration's samples, as data-free KD alternates generator and student. A ro
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 
@@ -40,9 +39,9 @@ from dfq.modes import autocast, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.synth.bn_stats import BNStatHooks, bn_layers
 from dfq.synth.features import last_linear, penultimate_features
-from dfq.synth.generator import seeded_generator
 from dfq.synth.inversion import floats
-from dfq.synth.registry import Round, Synthesizer, register_synthesizer
+from dfq.synth.methods.generator_game import GeneratorGame
+from dfq.synth.registry import Round, register_synthesizer
 from dfq.synth.student import Student, kd_loss
 from dfq.synth.synth_config import SynthConfig
 
@@ -88,7 +87,7 @@ def increment_penalty(
 
 
 @register_synthesizer("rdskd")
-class RDSKDSynthesizer(Synthesizer):
+class RDSKDSynthesizer(GeneratorGame):
     needs_bn = False  # the BN term is optional (weight 0 by default, as the paper has none)
     needs_student = False
 
@@ -100,8 +99,17 @@ class RDSKDSynthesizer(Synthesizer):
         student: Student | None,
         device: torch.device,
     ) -> None:
-        super().__init__(teacher, cfg, data_config, student, device)
         r = cfg.rdskd
+        super().__init__(
+            teacher,
+            cfg,
+            data_config,
+            student,
+            device,
+            r.lr_generator,
+            r.lr_student,
+            student_trains=r.student_steps > 0,
+        )
         if r.bn_weight > 0 and not bn_layers(teacher):
             raise DfqError(
                 "the model has no BatchNorm layers for RDSKD's BN-statistics term; "
@@ -122,12 +130,6 @@ class RDSKDSynthesizer(Synthesizer):
             "diversity": r.diversity_weight,
             "bn": r.bn_weight,
         }
-        self.generator = seeded_generator(cfg, data_config, device)
-        self.opt_g = torch.optim.Adam(
-            self.generator.parameters(), lr=r.lr_generator, betas=cfg.betas
-        )
-        params = [] if student is None or r.student_steps == 0 else list(student.params)
-        self.opt_s = torch.optim.Adam(params, lr=r.lr_student, betas=cfg.betas) if params else None
         self.prev: dict[str, torch.Tensor] = {}
 
     def steps_per_round(self) -> int:
@@ -217,24 +219,9 @@ class RDSKDSynthesizer(Synthesizer):
             labels = self.teacher(images.contiguous(memory_format=memory_format(images))).argmax(1)
         return Round(images, labels, values, history)
 
-    def after_round(self, images: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        return {}  # the student (if any) already trained inside the loop
-
     def state_dict(self) -> dict:
-        return {
-            **super().state_dict(),
-            "generator": {
-                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
-            },
-            "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
-            "opt_student": (None if self.opt_s is None else copy.deepcopy(self.opt_s.state_dict())),
-            "prev": {k: v.cpu().clone() for k, v in self.prev.items()},
-        }
+        return {**super().state_dict(), "prev": {k: v.cpu().clone() for k, v in self.prev.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.generator.load_state_dict(state["generator"])
-        self.opt_g.load_state_dict(state["opt_generator"])
-        if self.opt_s is not None and state.get("opt_student") is not None:
-            self.opt_s.load_state_dict(state["opt_student"])
         self.prev = {k: v.to(self.device) for k, v in state["prev"].items()}

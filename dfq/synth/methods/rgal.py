@@ -9,22 +9,20 @@ weakness. The generator is re-initialized per batch unless the recipe says other
 
 from __future__ import annotations
 
-import random
-
 import torch
 from torch import nn
 
 from dfq.models.blocks import stage_outputs
 from dfq.models.data_config import DataConfig
-from dfq.progress import StepBar
 from dfq.synth.inversion import Inversion
-from dfq.synth.registry import Round, Synthesizer, register_synthesizer
+from dfq.synth.methods.bn import BNSynthesizer
+from dfq.synth.registry import Synthesizer, register_synthesizer
 from dfq.synth.student import Student
 from dfq.synth.synth_config import SynthConfig
 
 
 @register_synthesizer("rgal")
-class RGALSynthesizer(Synthesizer):
+class RGALSynthesizer(BNSynthesizer):
     def __init__(
         self,
         teacher: nn.Module,
@@ -33,7 +31,7 @@ class RGALSynthesizer(Synthesizer):
         student: Student | None,
         device: torch.device,
     ) -> None:
-        super().__init__(teacher, cfg, data_config, student, device)
+        Synthesizer.__init__(self, teacher, cfg, data_config, student, device)
         stages = (
             stage_outputs(teacher, data_config.input_size)
             if cfg.relation and cfg.relation_features == "stages"
@@ -47,6 +45,3 @@ class RGALSynthesizer(Synthesizer):
             student=None if student is None else student.model,
             stages=stages,
         )
-
-    def run_round(self, r: int, targets: torch.Tensor, rng: random.Random, bar: StepBar) -> Round:
-        return self.inversion.run(targets, rng, bar, self.tag(r), r * self.cfg.iters)
