@@ -27,6 +27,7 @@ import yaml
 from dfq.data import load_images
 from dfq.data.images import ImageSet
 from dfq.device import keep_freed_memory
+from dfq.errors import DfqFailure
 from dfq.evaluate import evaluate
 from dfq.models import load_model
 from dfq.quant.pipeline import quantize_
@@ -158,25 +159,29 @@ def run_experiment(exp, name, dc, tests, cal, args, out_dir, seed, device) -> di
             {"num_images": args.num_images, "seed": seed, **args.synth_changes, **schanges},
             device=device,
         )
-        report = run_quantize(
-            model,
-            name,
-            dc,
-            cfg,
-            out_dir / f"{exp}-s{seed}",
-            synth_cfg=scfg,
-            seed=seed,
-            device=device,
-            overwrite=True,
-            progress=False,
-            recipe_choice=recipe_choice(dc, device),
-        )
+        try:
+            report = run_quantize(
+                model,
+                name,
+                dc,
+                cfg,
+                out_dir / f"{exp}-s{seed}",
+                synth_cfg=scfg,
+                seed=seed,
+                device=device,
+                overwrite=True,
+                progress=False,
+                recipe_choice=recipe_choice(dc, device),
+            )
+        except DfqFailure as e:  # e.g. the export check: the PyTorch model is still measured
+            report = {"stages": {}, "failure": str(e)}
         return {
             "acc": accuracy(model, dc, tests),
             "note": note,
             "seconds": round(time.perf_counter() - start, 1),
             "stages": {k: v["seconds"] for k, v in report["stages"].items()},
             "check": report.get("export", {}).get("check"),
+            "failure": report.get("failure"),
         }
     if kind == "xfit":
         return _crossfit(name, dc, tests, cfg, args, seed, note, start)
