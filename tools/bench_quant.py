@@ -120,8 +120,26 @@ class Calibration:
         synth_changes = {**self.args.synth_changes, **synth_changes}
         key = (kind, synth_changes.get("method", "default"), seed)
         if key not in self.cache:
-            self.cache[key] = self._make(kind, synth_changes, qcfg, seed)
+            self.cache[key] = self._disk(key, synth_changes) or self._make(
+                kind, synth_changes, qcfg, seed
+            )
         return self.cache[key]
+
+    def _disk(self, key, synth_changes):
+        """A fixed set made earlier with the same recipe (`--reuse`); DFAD's live source is not."""
+        path = Path(self.args.out) / "sets" / "{}-{}-s{}.pt".format(*key)
+        if not self.args.reuse or set(synth_changes) - {"method"} or key[1] == "dfad":
+            return None
+        if path.is_file():
+            print(f"  reusing {path}", flush=True)
+            return torch.load(path, weights_only=True)
+        return None
+
+    def remember(self, key, data) -> None:
+        if isinstance(data, torch.Tensor):
+            path = Path(self.args.out) / "sets" / "{}-{}-s{}.pt".format(*key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(data, path)
 
     def _make(self, kind, synth_changes, qcfg, seed):
         dc, n = self.dc, self.args.num_images
@@ -148,7 +166,7 @@ class Calibration:
 
 def run_experiment(exp, name, dc, tests, cal, args, out_dir, seed, device) -> dict:
     qchanges, schanges, kind, note = EXPERIMENTS[exp]
-    base = quant_config(None, dc, {}, device=device)
+    base = quant_config(None, dc, args.quant_changes, device=device)
     cfg = replace(base, **qchanges)
     start = time.perf_counter()
     if kind == "e2e":
@@ -261,9 +279,23 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a synth recipe value for every experiment (YAML value), repeatable",
     )
+    ap.add_argument(
+        "--quant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a quant recipe value for every experiment (YAML value), repeatable",
+    )
+    ap.add_argument("--tag", default="", help="suffix of the experiment names in the tables")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse synthetic sets saved by an earlier run in OUT/sets (same recipe)",
+    )
     ap.add_argument("--out", default="runs/bench_quant")
     args = ap.parse_args()
     args.synth_changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.synth)}
+    args.quant_changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.quant)}
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,7 +318,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         for exp in only:
             r = run_experiment(exp, args.model, dc, tests, cal, args, out_dir, seed, args.device)
-            res.setdefault(exp, {})[str(seed)] = r
+            res.setdefault(exp + args.tag, {})[str(seed)] = r
             write_tables(results, out_dir)
             print(args.model, exp, f"seed {seed}", r, flush=True)
 

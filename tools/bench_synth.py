@@ -244,6 +244,74 @@ def part_ablation(args, out: Path) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def conv_input_ranges(model, images: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Per conv / linear: the largest input value over the set (what MinMax calibration takes),
+    and the 99.99th percentile (what one outlying image cannot move)."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = [
+        m.register_forward_pre_hook(
+            lambda _m, inp, n=n: seen.setdefault(n, []).append(inp[0].detach().flatten(1))
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    for x in images.split(64):
+        model(x)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, parts in seen.items():
+        v = torch.cat(parts).flatten()
+        sample = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        out[name] = (float(v.max()), float(torch.quantile(sample, 0.9999)))
+    return out
+
+
+def part_ranges(args, out: Path) -> list[dict]:
+    """Why MinMax 4-bit activations score differently: per-layer maxima of each calibration set
+    against the real images', and the share of a set's images that set a layer's maximum above
+    the real maximum."""
+    rows = []
+    for name in args.models:
+        model, cfg = load(name)
+        real = real_calib(cfg, args.num_images, 0)
+        ref = conv_input_ranges(model, real.images)
+        sets = {"real train-5k": real, "gaussian noise": noise_calib(cfg, args.num_images, 0)}
+        for method in args.methods:
+            scfg = synth_config(
+                args.recipe,
+                cfg,
+                {"num_images": args.num_images, "seed": args.seeds[0], "method": method},
+                device=args.device,
+            )
+            sets[method] = synthesize(
+                model,
+                scfg,
+                cfg,
+                student=_student(model, cfg, args.seeds[0], args),
+                progress=args.progress,
+                device=args.device,
+            )
+        for label, calib in sets.items():
+            r = conv_input_ranges(model, calib.images)
+            ratios = [r[k][0] / max(ref[k][0], 1e-8) for k in ref]
+            tails = [r[k][0] / max(r[k][1], 1e-8) for k in ref]
+            rows.append(
+                {
+                    "model": name,
+                    "calibration": label,
+                    "median max / real max": round(float(np.median(ratios)), 3),
+                    "layers with max > 1.5x real": int(sum(x > 1.5 for x in ratios)),
+                    "worst max / real max": round(max(ratios), 2),
+                    "median max / own 99.99th pct": round(float(np.median(tails)), 2),
+                    "layers": len(ref),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def part_cost(args, out: Path) -> list[dict]:
     """Per-step cost at 224 (torchvision resnet18, random weights: cost does not depend on them)."""
     rows = []
@@ -283,7 +351,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["quantizer", "ablation", "cost"], action="append")
+    ap.add_argument("--part", choices=["quantizer", "ablation", "cost", "ranges"], action="append")
     ap.add_argument("--models", default="cifar10_resnet20,cifar10_resnet56")
     ap.add_argument("--recipe", default="cifar")
     ap.add_argument("--num-images", type=int, default=512)
@@ -321,7 +389,12 @@ def main() -> None:
         "threads": args.threads,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    parts = {"quantizer": part_quantizer, "ablation": part_ablation, "cost": part_cost}
+    parts = {
+        "quantizer": part_quantizer,
+        "ablation": part_ablation,
+        "cost": part_cost,
+        "ranges": part_ranges,
+    }
     for part in args.part or ["quantizer", "ablation", "cost"]:
         rows = parts[part](args, args.out)
         (args.out / f"{part}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))

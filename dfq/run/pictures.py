@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dfq.calibration import CalibrationSet
+from dfq.export.fusion import layer_input_quantizers
 from dfq.quant.fold import fold_bn
 from dfq.run.plots import calibration_grid, class_names, layer_errors, layer_sqnr, loss_curves
 
@@ -44,6 +45,10 @@ def layer_picture(
     fp = copy.deepcopy(teacher).eval()
     fold_bn(fp, images[:2])
     rows = layer_sqnr(qmodel, fp, images[:SQNR_IMAGES])
+    feeding = layer_input_quantizers(qmodel, tuple(images.shape[1:]))
+    for row in rows:  # a block's entry layer reads its block's input quantizer
+        if row.get("abits") is None and row["layer"] in feeding:
+            row["abits"] = feeding[row["layer"]].bits
     return layer_errors(rows, path), rows
 
 
