@@ -28,8 +28,8 @@ from dfq.quant.distill import distill
 from dfq.quant.insert import prepare
 from dfq.quant.pipeline import quantizers_disabled
 from dfq.quant.reconstruct import reconstruct
+from dfq.run.quantized_student import quantized_student
 from dfq.run.recipe import quant_config, synth_config
-from dfq.run.student import quantized_student
 from dfq.synth import synthesize
 from dfq.synth.bn_stats import BNStatHooks
 

@@ -32,8 +32,8 @@ from dfq.evaluate import evaluate
 from dfq.models import load_model
 from dfq.quant.pipeline import quantize_
 from dfq.run.quantize_run import run_quantize
+from dfq.run.quantized_student import quantized_student
 from dfq.run.recipe import quant_config, recipe_choice, synth_config
-from dfq.run.student import quantized_student
 from dfq.synth import synthesize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -26,8 +26,8 @@ from dfq.data import load_images
 from dfq.evaluate import evaluate
 from dfq.models import load_model
 from dfq.quant.quant_config import QuantConfig
+from dfq.run.quantized_student import quantized_student
 from dfq.run.recipe import synth_config
-from dfq.run.student import quantized_student
 from dfq.synth import synthesize
 from dfq.synth.bn_stats import BNStatHooks
 from dfq.synth.features import penultimate_features

@@ -29,9 +29,9 @@ from dfq.quant.quant_config import QuantConfig
 from dfq.quant.saved import FILENAME, apply_payload, quantized_payload, save_quantized
 from dfq.run.accuracy import kept_accuracy
 from dfq.run.pictures import write_pictures
+from dfq.run.quantized_student import quantized_student
 from dfq.run.report_md import write_report_md
 from dfq.run.resume import WorkDir
-from dfq.run.student import quantized_student
 from dfq.run.versions import versions
 from dfq.synth import SynthConfig, synthesize
 

@@ -20,8 +20,8 @@ from dfq.files import write_json
 from dfq.models.data_config import DataConfig
 from dfq.quant.quant_config import QuantConfig
 from dfq.run.pictures import calibration_picture, loss_picture
+from dfq.run.quantized_student import quantized_student
 from dfq.run.resume import WorkDir
-from dfq.run.student import quantized_student
 from dfq.synth import SynthConfig, synthesize
 
 STUDENT_BITS = 4
