@@ -5,13 +5,13 @@ import sys
 import pytest
 
 # Allocates and frees a 64 MB tensor again and again, as inference does activations, and prints the
-# page faults of the last ten times. (Not numpy: it asks for huge pages, which hide the faults.)
+# page faults of the last twenty times. (Not numpy: it asks for huge pages, which hide the faults.)
 FAULTS = """
 import resource, sys
 import torch
 from dfq.device import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
-for i in range(15):
+for i in range(25):
     if i == 5:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 << 20)
@@ -31,5 +31,7 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation():
     applied, kept = _faults("keep")
     _, default = _faults("default")
     assert applied == "True"
-    assert default > 10 * 15000  # all 16384 pages of 4 KB fault in again for each new block
-    assert kept < 1000  # the freed block is reused as it is
+    assert default > 20 * 15000  # all 16384 pages of 4 KB fault in again for each new block
+    # The freed block is reused as it is. A machine may still fault a block's pages in once or
+    # twice more while the heap settles (CI did: 2 blocks' worth), never once per allocation.
+    assert kept < 3 * 16384
