@@ -28,6 +28,7 @@ from dfq.quant.ranges import InputStats, init_act_scale, observe
 
 OUTPUT_BITS = 8
 INT32_MAX = 2**31 - 1
+BIAS_CODE_LIMIT = 2**30  # headroom below INT32_MAX for float32 rounding of the step
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -123,11 +124,27 @@ def snap_biases(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
         layer = layers.get(name)
         if layer is None or layer.bias is None or not q_in.enabled:
             continue
+        _fit_bias_codes(layer, q_in.scale)
         s_b = bias_scale(q_in.scale, layer.weight_quantizer.scale, MIN_SCALE)
         codes = torch.round(layer.bias / s_b).clamp(-INT32_MAX, INT32_MAX)
         layer.bias.copy_(codes * s_b)
         done.append(name)
     return done
+
+
+def _fit_bias_codes(layer: nn.Module, s_in: torch.Tensor) -> None:
+    """Widen the weight step of channels whose bias would overflow its int32 codes.
+
+    A channel whose folded weights are all but zero (a BatchNorm gamma of ~0: EfficientNet-Lite0
+    has dozens) gets a weight step near `MIN_SCALE`, and its bias, which is the whole output, would
+    need more than 2**31 steps of `s_in * s_w`: clipped, it came out as a third of its value.
+    A wider step keeps such tiny weights at the same handful of codes.
+    """
+    q = layer.weight_quantizer
+    s_in = s_in.detach().float().clamp_min(MIN_SCALE).reshape(())
+    need = layer.bias.detach().float().abs() / (s_in * BIAS_CODE_LIMIT)
+    need = need.amax() if q.scale.numel() == 1 else need
+    q.scale.copy_(torch.maximum(q.scale, need.reshape(q.scale.shape).to(q.scale.dtype)))
 
 
 def bias_scale(s_in: torch.Tensor, s_w: torch.Tensor, min_scale: float) -> torch.Tensor:

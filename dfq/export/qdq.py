@@ -255,7 +255,8 @@ def _quantize_biases(graph: _Graph) -> None:
         s_b = np.broadcast_to(
             np.float32(s_x.reshape(())) * s_w.reshape(-1).astype(np.float32), b.shape
         ).astype(np.float32)
-        codes = np.clip(np.round(b / s_b), -(2**31 - 1), 2**31 - 1).astype(np.int32)
+        # 2**31 - 128: the largest float32 below 2**31 (2**31 - 1 rounds up and wraps to -2**31)
+        codes = np.clip(np.round(b / s_b), -(2**31 - 128), 2**31 - 128).astype(np.int32)
         names = [
             graph.const(f"{bias}.codes", codes),
             graph.const(f"{bias}.scale", s_b),

@@ -168,3 +168,27 @@ def test_attached_quantizers_survive_save_and_reload(tmp_path):
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), back(x))
+
+
+def test_a_dead_channel_keeps_its_bias(tmp_path):
+    """A channel with ~zero weights (BatchNorm gamma ~0) gets a weight step near MIN_SCALE; its
+    bias, the channel's whole output, must still fit its int32 codes in PyTorch and ONNX alike."""
+    from dfq.quant.quantizer import MIN_SCALE
+    from tests.export.conftest import tiny_quantized
+
+    model, calib = tiny_quantized(8)
+    s_in = float(model.down.input_quantizer.scale.detach())
+    big = 10 * (2**31) * s_in * MIN_SCALE  # 10x what int32 codes hold at the smallest step
+    with torch.no_grad():
+        model.down.weight[0].zero_()
+        model.down.weight_quantizer.scale[0] = MIN_SCALE
+        model.down.bias[0] = big
+    summary = export_quantized(model, tmp_path, DATA, calib)
+    step = float(model.down.weight_quantizer.scale[0].detach()) * s_in + 1e-6 * big  # float32
+    assert abs(float(model.down.bias[0].detach()) - big) <= step
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    codes = inits["down.bias.codes"].astype(np.float64)
+    scale = inits["down.bias.scale"].astype(np.float64)
+    assert abs(codes[0] * scale[0] - big) <= step
+    assert summary["check"]["argmax_agreement"] == 1.0
