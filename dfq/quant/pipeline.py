@@ -90,6 +90,7 @@ def quantize_(
             del fp
             info.update(
                 skipped=rec["skipped"],
+                kept_nearest=rec["kept_nearest"],
                 block_losses={
                     k: [round(a, 6), round(b, 6)] for k, (a, b) in rec["block_losses"].items()
                 },

@@ -108,9 +108,11 @@ def reconstruct(
     cfg: QuantConfig,
     progress: bool = True,
 ) -> dict:
-    """Reconstruct every unit of `qmodel` against `fpmodel` (same structure); returns losses."""
+    """Reconstruct every unit of `qmodel` against `fpmodel` (same structure); returns each unit's
+    loss over `images` with nearest rounding and after, and the units that kept nearest rounding
+    because the learned one did worse (a short budget, QDrop's noise)."""
     names = units(qmodel)
-    losses, skipped = {}, []
+    losses, skipped, kept_nearest = {}, [], []
     qmodel.eval().requires_grad_(False)
     fpmodel.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(0)
@@ -124,10 +126,55 @@ def reconstruct(
                 skipped.append(name)
                 bar.step(cfg.recon_iters)
                 continue
-            losses[name] = _reconstruct_unit(
-                qmodel.get_submodule(name), x_q, x_fp, y_fp, cfg, bar, gen
-            )
-    return {"block_losses": losses, "skipped": skipped}
+            block = qmodel.get_submodule(name)
+            saved = _learnable_state(block)
+            before = unit_loss(block, x_q, y_fp, bs, cfg.amp)
+            _reconstruct_unit(block, x_q, x_fp, y_fp, cfg, bar, gen)
+            after = unit_loss(block, x_q, y_fp, bs, cfg.amp)
+            if after > before:
+                _restore_nearest(block, saved)
+                after = unit_loss(block, x_q, y_fp, bs, cfg.amp)
+                kept_nearest.append(name)
+            losses[name] = [before, after]
+    return {"block_losses": losses, "skipped": skipped, "kept_nearest": kept_nearest}
+
+
+def _unit_layers(block: nn.Module) -> list[QuantLayer]:
+    return [block] if isinstance(block, QuantLayer) else list(quant_layers(block).values())
+
+
+def _learnable_state(block: nn.Module) -> list[torch.Tensor]:
+    """Copies of what reconstruction changes: float weights and activation step sizes."""
+    tensors = [layer.weight for layer in _unit_layers(block)]
+    tensors += [q.scale for q in activation_quantizers(block) if q.enabled]
+    return [t.detach().clone() for t in tensors]
+
+
+@torch.no_grad()
+def _restore_nearest(block: nn.Module, saved: list[torch.Tensor]) -> None:
+    """Back to the state before reconstruction, weights baked with nearest rounding."""
+    layers = _unit_layers(block)
+    tensors = [layer.weight for layer in layers]
+    tensors += [q.scale for q in activation_quantizers(block) if q.enabled]
+    for t, v in zip(tensors, saved, strict=True):
+        t.copy_(v)
+    for layer in layers:
+        layer.bake()
+
+
+@torch.no_grad()
+def unit_loss(
+    block: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, amp: bool
+) -> float:
+    """The reconstruction loss over all of `x` (no QDrop, hard rounding): what is kept."""
+    total = torch.zeros((), device=x.device)
+    for i in range(0, len(x), batch_size):
+        inp = x[i : i + batch_size]
+        with autocast(inp.device, amp):
+            out = block(inp.contiguous(memory_format=memory_format(inp))).float()
+        err = (out - y[i : i + batch_size]).pow(2).sum(1)  # as the training loss: per pixel
+        total += err.reshape(len(err), -1).mean(1).sum()
+    return float(total) / len(x)
 
 
 def _reconstruct_unit(
@@ -138,8 +185,8 @@ def _reconstruct_unit(
     cfg: QuantConfig,
     bar: StepBar,
     gen: torch.Generator,
-) -> list[float]:
-    layers = [block] if isinstance(block, QuantLayer) else list(quant_layers(block).values())
+) -> None:
+    layers = _unit_layers(block)
     rounds = []
     for layer in layers:
         layer.rounding = AdaRound(layer.weight_quantizer, layer.weight)
@@ -185,8 +232,6 @@ def _reconstruct_unit(
     for layer, r in zip(layers, rounds, strict=True):
         r.soft = False
         layer.bake()
-    first, last = losses[[0, iters - 1]].tolist() if iters else (float("nan"), float("nan"))
-    return [first, last]
 
 
 def _beta(t: int, total: int, start: float = 20.0, end: float = 2.0) -> float:

@@ -17,7 +17,8 @@ CAPTIONS = {
     "calibration": "The calibration images, one row per target class; each title is the FP "
     "model's top class and its confidence (green: it agrees with the target).",
     "losses": "Losses of each stage: they should fall during synthesis and distillation, and "
-    "each block's loss should be lower after reconstruction than before.",
+    "each block's loss (over the calibration images) should be lower after reconstruction than "
+    "with nearest rounding; a block where learned rounding did worse keeps nearest rounding.",
     "layers": "Signal-to-quantization-noise ratio of each layer's output against the FP model, "
     "first layer on top: the shortest bars (low SQNR) are the layers that lose most, "
     "the first candidates for more bits.",

@@ -1,4 +1,5 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -81,3 +82,27 @@ def test_quantize_smoke_on_imagenet_architectures(name, size):
     with torch.no_grad():
         out = model(calib)
     assert out.shape == ref(calib).shape and torch.isfinite(out).all()
+
+
+def test_a_block_that_reconstruction_worsens_keeps_nearest_rounding(resnet20_weights, monkeypatch):
+    """Learned rounding is kept only where it beats nearest rounding on the calibration images."""
+    from dfq.quant import reconstruct as rec_mod
+
+    def wreck(block, *args):  # a reconstruction gone wrong: every weight flipped
+        for layer in rec_mod._unit_layers(block):
+            layer.weight.data.neg_()
+            layer.bake()
+
+    torch.manual_seed(0)
+    model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+    cfg = QuantConfig(calib_batch_size=32, recon_iters=2, kd_iters=0)
+    calib = torch.randn(32, 3, 32, 32)
+    nearest = copy.deepcopy(model)
+    quantize_(nearest, replace(cfg, reconstruct=False), calib, progress=False)
+    monkeypatch.setattr(rec_mod, "_reconstruct_unit", wreck)
+    report = quantize_(model, cfg, calib, progress=False)["stages"]["reconstruct"]
+    assert report["kept_nearest"] == list(report["block_losses"])
+    for name, (before, after) in report["block_losses"].items():
+        assert after == pytest.approx(before, rel=1e-5), name
+    for name, layer in quant_layers(model).items():
+        assert torch.equal(layer.weight, quant_layers(nearest)[name].weight), name
