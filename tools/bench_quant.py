@@ -120,9 +120,12 @@ class Calibration:
         synth_changes = {**self.args.synth_changes, **synth_changes}
         key = (kind, synth_changes.get("method", "default"), seed)
         if key not in self.cache:
-            self.cache[key] = self._disk(key, synth_changes) or self._make(
-                kind, synth_changes, qcfg, seed
-            )
+            data = self._disk(key, synth_changes)
+            if data is None:
+                data = self._make(kind, synth_changes, qcfg, seed)
+                if kind == "synth" and not set(synth_changes) - {"method"}:
+                    self.remember(key, data)
+            self.cache[key] = data
         return self.cache[key]
 
     def _disk(self, key, synth_changes):
