@@ -131,9 +131,9 @@ def reconstruct(
             before = unit_loss(block, x_q, y_fp, bs, cfg.amp)
             _reconstruct_unit(block, x_q, x_fp, y_fp, cfg, bar, gen)
             after = unit_loss(block, x_q, y_fp, bs, cfg.amp)
-            if after > before:
+            if after > before:  # back to exactly the state `before` measured
                 _restore_nearest(block, saved)
-                after = unit_loss(block, x_q, y_fp, bs, cfg.amp)
+                after = before
                 kept_nearest.append(name)
             losses[name] = [before, after]
     return {"block_losses": losses, "skipped": skipped, "kept_nearest": kept_nearest}

@@ -102,7 +102,5 @@ def test_a_block_that_reconstruction_worsens_keeps_nearest_rounding(resnet20_wei
     monkeypatch.setattr(rec_mod, "_reconstruct_unit", wreck)
     report = quantize_(model, cfg, calib, progress=False)["stages"]["reconstruct"]
     assert report["kept_nearest"] == list(report["block_losses"])
-    for name, (before, after) in report["block_losses"].items():
-        assert after == pytest.approx(before, rel=1e-5), name
     for name, layer in quant_layers(model).items():
         assert torch.equal(layer.weight, quant_layers(nearest)[name].weight), name
