@@ -13,6 +13,11 @@ import torch
 from dfq.errors import DfqError
 
 
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state as CPU copies: what a resume file stores, whatever device it runs on."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def resolve_device(name: str) -> str:
     """'auto' takes a GPU when there is one; 'cuda' without one is a user error."""
     if name == "auto":

@@ -143,23 +143,31 @@ def _unit_layers(block: nn.Module) -> list[QuantLayer]:
     return [block] if isinstance(block, QuantLayer) else list(quant_layers(block).values())
 
 
+def _act_scales(block: nn.Module) -> list[torch.Tensor]:
+    return [q.scale for q in activation_quantizers(block) if q.enabled]
+
+
+def _learnable(block: nn.Module) -> list[torch.Tensor]:
+    """What reconstruction changes: float weights and activation step sizes."""
+    return [layer.weight for layer in _unit_layers(block)] + _act_scales(block)
+
+
 def _learnable_state(block: nn.Module) -> list[torch.Tensor]:
-    """Copies of what reconstruction changes: float weights and activation step sizes."""
-    tensors = [layer.weight for layer in _unit_layers(block)]
-    tensors += [q.scale for q in activation_quantizers(block) if q.enabled]
-    return [t.detach().clone() for t in tensors]
+    return [t.detach().clone() for t in _learnable(block)]
 
 
 @torch.no_grad()
 def _restore_nearest(block: nn.Module, saved: list[torch.Tensor]) -> None:
     """Back to the state before reconstruction, weights baked with nearest rounding."""
-    layers = _unit_layers(block)
-    tensors = [layer.weight for layer in layers]
-    tensors += [q.scale for q in activation_quantizers(block) if q.enabled]
-    for t, v in zip(tensors, saved, strict=True):
+    for t, v in zip(_learnable(block), saved, strict=True):
         t.copy_(v)
-    for layer in layers:
+    for layer in _unit_layers(block):
         layer.bake()
+
+
+def _rec_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BRECQ's block loss: squared error summed over channels, averaged over images and pixels."""
+    return (out - target).pow(2).sum(1).mean()
 
 
 @torch.no_grad()
@@ -172,8 +180,7 @@ def unit_loss(
         inp = x[i : i + batch_size]
         with autocast(inp.device, amp):
             out = block(inp.contiguous(memory_format=memory_format(inp))).float()
-        err = (out - y[i : i + batch_size]).pow(2).sum(1)  # as the training loss: per pixel
-        total += err.reshape(len(err), -1).mean(1).sum()
+        total += _rec_loss(out, y[i : i + batch_size]) * len(inp)
     return float(total) / len(x)
 
 
@@ -191,7 +198,7 @@ def _reconstruct_unit(
     for layer in layers:
         layer.rounding = AdaRound(layer.weight_quantizer, layer.weight)
         rounds.append(layer.rounding)
-    act = [q.scale for q in activation_quantizers(block) if q.enabled]
+    act = _act_scales(block)
     alphas = [r.alpha for r in rounds]
     opt = torch.optim.Adam(
         [{"params": alphas, "lr": cfg.recon_lr_round}, {"params": act, "lr": cfg.recon_lr_act}],
@@ -214,7 +221,7 @@ def _reconstruct_unit(
                 inp = torch.where(keep, inp, x_fp[idx])
             with autocast(inp.device, cfg.amp):
                 out = block(inp.contiguous(memory_format=memory_format(inp))).float()
-            rec = (out - y_fp[idx]).pow(2).sum(1).mean()  # BRECQ: sum over channels
+            rec = _rec_loss(out, y_fp[idx])
             loss = rec
             if it >= warm and cfg.round_reg_weight > 0:
                 beta = _beta(it - warm, iters - warm)

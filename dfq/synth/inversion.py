@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.device import cpu_state
 from dfq.errors import DfqFailure
 from dfq.models.data_config import DataConfig
 from dfq.modes import autocast, memory_format
@@ -57,12 +58,7 @@ class Inversion:
         """The generator kept across batches (`reinit_generator: false`), if any."""
         if self.generator is None:
             return {}
-        return {
-            "generator": {
-                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
-            },
-            "size": list(self.generator.out_size),
-        }
+        return {"generator": cpu_state(self.generator), "size": list(self.generator.out_size)}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         if not state:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.device import cpu_state
 from dfq.modes import trainable
 
 
@@ -93,7 +94,7 @@ class Student:
     def state_dict(self) -> dict:
         """What a resumed run needs to continue with this student exactly."""
         return {
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "model": cpu_state(self.model),
             "opt": None if self._opt is None else self._opt.state_dict(),
             "refreshed": self._refreshed,
         }

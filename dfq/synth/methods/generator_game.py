@@ -8,6 +8,7 @@ import copy
 import torch
 from torch import nn
 
+from dfq.device import cpu_state
 from dfq.models.data_config import DataConfig
 from dfq.synth.generator import seeded_generator
 from dfq.synth.registry import Synthesizer
@@ -42,9 +43,7 @@ class GeneratorGame(Synthesizer):
     def state_dict(self) -> dict:
         return {
             **super().state_dict(),
-            "generator": {
-                k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()
-            },
+            "generator": cpu_state(self.generator),
             "opt_generator": copy.deepcopy(self.opt_g.state_dict()),
             "opt_student": None if self.opt_s is None else copy.deepcopy(self.opt_s.state_dict()),
         }
