@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
+from recipe_args import add_recipe_changes, recipe_changes
 
 from dfq.data import load_images
 from dfq.data.images import ImageSet
@@ -275,20 +275,8 @@ def main() -> None:
     ap.add_argument("--select", action="store_true", help="also score on the train-5k split")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument(
-        "--synth",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a synth recipe value for every experiment (YAML value), repeatable",
-    )
-    ap.add_argument(
-        "--quant",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a quant recipe value for every experiment (YAML value), repeatable",
-    )
+    add_recipe_changes(ap, "synth", "every experiment")
+    add_recipe_changes(ap, "quant", "every experiment")
     ap.add_argument("--tag", default="", help="suffix of the experiment names in the tables")
     ap.add_argument(
         "--reuse",
@@ -297,8 +285,8 @@ def main() -> None:
     )
     ap.add_argument("--out", default="runs/bench_quant")
     args = ap.parse_args()
-    args.synth_changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.synth)}
-    args.quant_changes = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.quant)}
+    args.synth_changes = recipe_changes(args.synth)
+    args.quant_changes = recipe_changes(args.quant)
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)

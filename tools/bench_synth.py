@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from recipe_args import add_recipe_changes, recipe_changes
 
 from dfq.calibration import CalibrationReader, CalibrationSet
-from dfq.data import load_images
+from dfq.calibration.formats import load_calibration, save_calibration
+from dfq.data import ImageSet, load_images
 from dfq.evaluate import evaluate
 from dfq.models import load_model
 from dfq.quant.quant_config import QuantConfig
@@ -100,18 +102,31 @@ def ort_top1(path: Path, cfg, tests: dict, optimize: bool = True) -> dict:
     }
 
 
+def real_indices(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
+    """Baseline (b)'s draw: n training images, class-balanced, at random."""
+    g = np.random.default_rng(seed)
+    per = n // num_classes
+    idx = np.concatenate(
+        [g.choice(np.flatnonzero(y == c), per, replace=False) for c in range(num_classes)]
+    )
+    rest = np.setdiff1d(np.arange(len(y)), idx)
+    return np.concatenate([idx, g.choice(rest, n - len(idx), False)])
+
+
 def real_calib(cfg, n: int, seed: int) -> CalibrationSet:
     """Baseline (b): n training images, class-balanced random draw."""
     real = load_images(SHARED / "data" / REAL, cfg)
-    g = np.random.default_rng(seed)
-    y = real.y.numpy()
-    per = n // cfg.num_classes
-    idx = np.concatenate(
-        [g.choice(np.flatnonzero(y == c), per, replace=False) for c in range(cfg.num_classes)]
-    )
-    idx = np.concatenate([idx, g.choice(np.setdiff1d(np.arange(len(y)), idx), n - len(idx), False)])
+    idx = real_indices(real.y.numpy(), n, cfg.num_classes, seed)
     x = real.normalize(real.x[idx], cfg)
     return CalibrationSet(x, real.y[idx], {"data_config": cfg.to_dict(), "source": REAL})
+
+
+def selection_split(cfg, n: int) -> ImageSet:
+    """`--select`: the train-5k images that baseline (b) does not calibrate with, for choosing
+    synthesis settings without the test sets."""
+    real = load_images(SHARED / "data" / REAL, cfg)
+    keep = np.setdiff1d(np.arange(len(real)), real_indices(real.y.numpy(), n, cfg.num_classes, 0))
+    return ImageSet(real.x[keep], real.y[keep], real.normalized, REAL + " (held out of (b))")
 
 
 def noise_calib(cfg, n: int, seed: int) -> CalibrationSet:
@@ -147,6 +162,8 @@ def part_quantizer(args, out: Path) -> list[dict]:
     for name in args.models:
         model, cfg = load(name)
         tests = {k: load_images(SHARED / "data" / f, cfg) for k, f in TESTS.items()}
+        if args.select:
+            tests["train-5k-heldout"] = selection_split(cfg, args.num_images)
         fp = export_fp(model, cfg, out / f"{name}.fp.onnx")
         fp_acc = ort_top1(fp, cfg, tests)
         rows.append(
@@ -159,7 +176,12 @@ def part_quantizer(args, out: Path) -> list[dict]:
         sources = {}
         for method in args.methods:
             for seed in args.seeds:
-                changes = {"num_images": args.num_images, "seed": seed, "method": method}
+                changes = {
+                    "num_images": args.num_images,
+                    "seed": seed,
+                    "method": method,
+                    **args.synth_changes,
+                }
                 if args.iters:
                     changes["iters"] = args.iters
                 scfg = synth_config(args.recipe, cfg, changes, device=args.device)
@@ -174,7 +196,9 @@ def part_quantizer(args, out: Path) -> list[dict]:
                     device=args.device,
                 )
                 synth.metadata["wall"] = time.perf_counter() - start
-                sources[f"(a) {method}, seed {seed}"] = synth
+                label = f"{method}{args.tag}-s{seed}"
+                save_calibration(synth, out / "sets" / f"{name}-{label}.npz", overwrite=True)
+                sources[f"(a) {method}{args.tag}, seed {seed}"] = synth
         sources.update(
             {
                 "(b) real train-5k": real_calib(cfg, args.num_images, 0),
@@ -268,10 +292,34 @@ def conv_input_ranges(model, images: torch.Tensor) -> dict[str, tuple[float, flo
     return out
 
 
+@torch.no_grad()
+def bn_tails(model, images: torch.Tensor, z: float = 4.0) -> tuple[float, float]:
+    """Median over BN layers of (input variance / running variance, channels' median) and of the
+    share of BN inputs beyond `z` running standard deviations, per 10,000."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    handles = [
+        m.register_forward_pre_hook(lambda _m, inp, n=n: seen.setdefault(n, []).append(inp[0]))
+        for n, m in bns
+    ]
+    for x in images.split(64):
+        model(x)
+    for h in handles:
+        h.remove()
+    ratios, shares = [], []
+    for n, m in bns:
+        v = torch.cat(seen[n])
+        shape = (1, -1, 1, 1)
+        ratios.append(float((v.var(dim=(0, 2, 3)) / m.running_var).median()))
+        dev = (v - m.running_mean.view(shape)).abs() / m.running_var.sqrt().view(shape)
+        shares.append(float((dev > z).float().mean()) * 1e4)
+    return float(np.median(ratios)), float(np.median(shares))
+
+
 def part_ranges(args, out: Path) -> list[dict]:
     """Why MinMax 4-bit activations score differently: per-layer maxima of each calibration set
-    against the real images', and the share of a set's images that set a layer's maximum above
-    the real maximum."""
+    against the real images', and how far each layer's maximum lies beyond its 99.99th
+    percentile. A set the quantizer part saved under the same --out and --tag is reused."""
     rows = []
     for name in args.models:
         model, cfg = load(name)
@@ -279,17 +327,20 @@ def part_ranges(args, out: Path) -> list[dict]:
         ref = conv_input_ranges(model, real.images)
         sets = {"real train-5k": real, "gaussian noise": noise_calib(cfg, args.num_images, 0)}
         for method in args.methods:
+            seed = args.seeds[0]
+            saved = out / "sets" / f"{name}-{method}{args.tag}-s{seed}.npz"
+            if saved.exists():  # the quantizer part's set, same --out, --synth and --tag
+                sets[method + args.tag] = load_calibration(saved)
+                continue
+            changes = {"num_images": args.num_images, "seed": seed, "method": method}
             scfg = synth_config(
-                args.recipe,
-                cfg,
-                {"num_images": args.num_images, "seed": args.seeds[0], "method": method},
-                device=args.device,
+                args.recipe, cfg, {**changes, **args.synth_changes}, device=args.device
             )
-            sets[method] = synthesize(
+            sets[method + args.tag] = synthesize(
                 model,
                 scfg,
                 cfg,
-                student=_student(model, cfg, args.seeds[0], args),
+                student=_student(model, cfg, seed, args),
                 progress=args.progress,
                 device=args.device,
             )
@@ -297,6 +348,7 @@ def part_ranges(args, out: Path) -> list[dict]:
             r = conv_input_ranges(model, calib.images)
             ratios = [r[k][0] / max(ref[k][0], 1e-8) for k in ref]
             tails = [r[k][0] / max(r[k][1], 1e-8) for k in ref]
+            var_ratio, beyond = bn_tails(model, calib.images)
             rows.append(
                 {
                     "model": name,
@@ -305,6 +357,8 @@ def part_ranges(args, out: Path) -> list[dict]:
                     "layers with max > 1.5x real": int(sum(x > 1.5 for x in ratios)),
                     "worst max / real max": round(max(ratios), 2),
                     "median max / own 99.99th pct": round(float(np.median(tails)), 2),
+                    "median BN var / running var": round(var_ratio, 3),
+                    "median BN inputs > 4 std per 1e4": round(beyond, 1),
                     "layers": len(ref),
                 }
             )
@@ -372,8 +426,16 @@ def main() -> None:
         default="S8S8,W8A4-minmax",
         help=f"quantize_static schemes of the quantizer part: {', '.join(SCHEMES)}",
     )
+    add_recipe_changes(ap, "synth", "every synthesized set")
+    ap.add_argument("--tag", default="", help="suffix of the synthesized sets' labels")
+    ap.add_argument(
+        "--select",
+        action="store_true",
+        help="quantizer part: also score on the train-5k images (b) does not use (for choices)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_synth")
     args = ap.parse_args()
+    args.synth_changes = recipe_changes(args.synth)
     args.models = args.models.split(",")
     args.seeds = [int(x) for x in args.seeds.split(",")]
     args.methods = args.methods.split(",")

@@ -47,6 +47,7 @@ class QuantConfig:
     kd_params: str = "scales"  # "scales": step sizes and biases; "all": also weights (STE)
     kd_temperature: float = 4.0
     kd_augment: str = "shift_flip"  # or "flip": teacher logits cached for both orientations
+    kd_at_8bit: bool = False  # distill when every layer is 8 bit (gained nothing on train-5k)
     class_images: int = 0  # images per class in a distillation batch (M); 0: automatic
     relation_weight: float = 0.1
     relation_margin: float = 0.2
@@ -86,6 +87,14 @@ class QuantConfig:
                 raise DfqError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.round_reg_weight < 0 or self.relation_weight < 0 or self.relation_margin < 0:
             raise DfqError("round_reg_weight, relation_weight and relation_margin must be >= 0")
+
+    @property
+    def distills(self) -> bool:
+        """Whether distillation runs: `kd_iters` > 0 and, unless `kd_at_8bit`, some layer below
+        8 bits."""
+        edge = self.edge_bits
+        all_8bit = min(self.wbits, self.abits, 8 if edge == "same" else edge) >= 8
+        return self.kd_iters > 0 and (self.kd_at_8bit or not all_8bit)
 
     @property
     def edge_bits(self) -> int | str:

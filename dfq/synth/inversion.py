@@ -174,7 +174,7 @@ class Inversion:
         jitter = max(0, round(cfg.jitter * jitter_scale))
         feats_ctx = self._features() if self.relation else contextlib.nullcontext({})
         with (
-            BNStatHooks(self.teacher, cfg.first_bn_weight) as bn,
+            BNStatHooks(self.teacher, cfg.first_bn_weight, cfg.bn_tail_z) as bn,
             feats_ctx as feats,
             swing(self.teacher, rng, cfg.swing),
         ):

@@ -93,6 +93,9 @@ class SynthConfig:
     `low_res` > 0 optimizes at that side length for all but the last `full_res_iters` steps.
     `student_steps` > 0 trains the student (when one is given) that many distillation steps on the
     images made so far after each batch, as RGAL alternates synthesis and student training.
+    `bn_tail_z` > 0 (the `bn` and `rgal` methods) adds to each BN layer's statistics loss the
+    squared excess of its inputs beyond that many running standard deviations: mean and variance
+    leave the tails free, and the set's extremes are what MinMax calibration turns into grids.
     """
 
     method: str = "rgal"
@@ -109,6 +112,7 @@ class SynthConfig:
     reinit_generator: bool = True
     bn_weight: float = 1.0
     first_bn_weight: float = 1.0
+    bn_tail_z: float = 0.0  # > 0: penalize BN inputs beyond this many running std (bn_tail_loss)
     ce_weight: float = 1.0
     class_images: int = 0  # images per class in a batch (M); 0: as many as balance gives, >= 2
     relation: bool = True
@@ -180,6 +184,7 @@ class SynthConfig:
             (
                 "bn_weight",
                 "first_bn_weight",
+                "bn_tail_z",
                 "ce_weight",
                 "relation_weight",
                 "relation_margin",

@@ -104,3 +104,31 @@ def test_a_block_that_reconstruction_worsens_keeps_nearest_rounding(resnet20_wei
     assert report["kept_nearest"] == list(report["block_losses"])
     for name, layer in quant_layers(model).items():
         assert torch.equal(layer.weight, quant_layers(nearest)[name].weight), name
+
+
+@pytest.mark.parametrize(
+    "bits, kd_at_8bit, protocol, distills",
+    [
+        ((8, 8), False, "deploy", False),
+        ((8, 8), True, "deploy", True),
+        ((4, 8), False, "deploy", True),
+        ((8, 4), False, "deploy", True),
+        ((8, 8), False, "gdfq", False),
+    ],
+)
+def test_distillation_is_skipped_only_when_every_layer_is_8_bit(
+    bits, kd_at_8bit, protocol, distills
+):
+    torch.manual_seed(0)
+    model, _ = load_model("cifar10_resnet20", pretrained=False)
+    cfg = QuantConfig(
+        wbits=bits[0], abits=bits[1], protocol=protocol, kd_at_8bit=kd_at_8bit, **TINY
+    )
+    report = quantize_(model, cfg, torch.randn(8, 3, 32, 32), progress=False)
+    assert ("distill" in report["stages"]) == distills
+    assert ("distill_skipped" in report) != distills
+
+
+def test_an_8_bit_model_with_4_bit_edges_still_distills():
+    cfg = QuantConfig(wbits=8, abits=8, first_last_bits=4)
+    assert cfg.distills

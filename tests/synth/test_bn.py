@@ -4,7 +4,7 @@ from torch import nn
 
 from dfq.errors import DfqError
 from dfq.synth import SynthConfig, synthesize
-from dfq.synth.bn_stats import BNStatHooks, bn_stat_loss, require_bn
+from dfq.synth.bn_stats import BNStatHooks, bn_stat_loss, bn_tail_loss, require_bn
 from tests.synth.tiny import tiny_config, tiny_model
 
 
@@ -57,3 +57,37 @@ def test_model_without_batchnorm_is_refused_with_advice():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(DfqError, match="no BatchNorm layers.*--calib"):
         require_bn(model)
+
+
+def test_tail_loss_matches_a_hand_computation():
+    bn = nn.BatchNorm2d(1, eps=0.0).eval()
+    bn.running_mean.fill_(1.0)
+    bn.running_var.fill_(4.0)
+    x = torch.tensor([1.0, 11.0, -7.0, 3.0]).view(4, 1, 1, 1)  # z = 0, 5, 4, 1
+    # beyond z = 3: excess 2 and 1, squared 4 and 1, averaged over the 4 values
+    assert float(bn_tail_loss(x, bn, 3.0)) == pytest.approx(5 / 4)
+    assert float(bn_tail_loss(x, bn, 6.0)) == 0.0
+    assert float(bn_stat_loss(x, bn, 3.0) - bn_stat_loss(x, bn)) == pytest.approx(5 / 4)
+
+
+def test_tail_penalty_pulls_in_outliers_that_mean_and_variance_allow():
+    """Heavy-tailed activations with the running mean and variance: the statistics loss is
+    already ~0 and leaves the tails; with the tail term the outliers shrink, the variance stays."""
+    bn = nn.BatchNorm2d(2).eval()
+    bn.running_var.fill_(1.0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(64, 2, 8, 8, generator=g) ** 3  # kurtosis ~ 36
+    x0 = (x0 - x0.mean((0, 2, 3), keepdim=True)) / x0.std((0, 2, 3), True, keepdim=True)
+    shares = {}
+    for tail_z in (0.0, 3.0):
+        x = x0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=0.05)
+        for _ in range(100):
+            loss = bn_stat_loss(x, bn, tail_z)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        x = x.detach()
+        shares[tail_z] = float((x.abs() > 4).float().mean())
+        assert float(x.var((0, 2, 3)).sub(1).abs().max()) < 0.1
+    assert shares[0.0] > 0.01 and shares[3.0] < 0.5 * shares[0.0], shares
