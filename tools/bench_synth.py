@@ -102,6 +102,11 @@ def ort_top1(path: Path, cfg, tests: dict, optimize: bool = True) -> dict:
     }
 
 
+def set_path(out: Path, model: str, method: str, tag: str, seed: int) -> Path:
+    """Where the quantizer part saves a synthesized set and the ranges part looks for it."""
+    return out / "sets" / f"{model}-{method}{tag}-s{seed}.npz"
+
+
 def real_indices(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
     """Baseline (b)'s draw: n training images, class-balanced, at random."""
     g = np.random.default_rng(seed)
@@ -196,8 +201,7 @@ def part_quantizer(args, out: Path) -> list[dict]:
                     device=args.device,
                 )
                 synth.metadata["wall"] = time.perf_counter() - start
-                label = f"{method}{args.tag}-s{seed}"
-                save_calibration(synth, out / "sets" / f"{name}-{label}.npz", overwrite=True)
+                save_calibration(synth, set_path(out, name, method, args.tag, seed), overwrite=True)
                 sources[f"(a) {method}{args.tag}, seed {seed}"] = synth
         sources.update(
             {
@@ -269,24 +273,28 @@ def part_ablation(args, out: Path) -> list[dict]:
 
 
 @torch.no_grad()
-def conv_input_ranges(model, images: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """Per conv / linear: the largest input value over the set (what MinMax calibration takes),
-    and the 99.99th percentile (what one outlying image cannot move)."""
+@torch.no_grad()
+def layer_inputs(model, images: torch.Tensor, types: tuple[type, ...]) -> dict[str, torch.Tensor]:
+    """Per module of `types`, its input over all of `images` (forward in batches of 64)."""
     seen: dict[str, list[torch.Tensor]] = {}
     handles = [
-        m.register_forward_pre_hook(
-            lambda _m, inp, n=n: seen.setdefault(n, []).append(inp[0].detach().flatten(1))
-        )
+        m.register_forward_pre_hook(lambda _m, inp, n=n: seen.setdefault(n, []).append(inp[0]))
         for n, m in model.named_modules()
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+        if isinstance(m, types)
     ]
     for x in images.split(64):
         model(x)
     for h in handles:
         h.remove()
+    return {n: torch.cat(parts) for n, parts in seen.items()}
+
+
+def conv_input_ranges(model, images: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Per conv / linear: the largest input value over the set (what MinMax calibration takes),
+    and the 99.99th percentile (what one outlying image cannot move)."""
     out = {}
-    for name, parts in seen.items():
-        v = torch.cat(parts).flatten()
+    for name, v in layer_inputs(model, images, (torch.nn.Conv2d, torch.nn.Linear)).items():
+        v = v.flatten()
         sample = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:1_000_000]]
         out[name] = (float(v.max()), float(torch.quantile(sample, 0.9999)))
     return out
@@ -296,19 +304,10 @@ def conv_input_ranges(model, images: torch.Tensor) -> dict[str, tuple[float, flo
 def bn_tails(model, images: torch.Tensor, z: float = 4.0) -> tuple[float, float]:
     """Median over BN layers of (input variance / running variance, channels' median) and of the
     share of BN inputs beyond `z` running standard deviations, per 10,000."""
-    seen: dict[str, list[torch.Tensor]] = {}
-    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    handles = [
-        m.register_forward_pre_hook(lambda _m, inp, n=n: seen.setdefault(n, []).append(inp[0]))
-        for n, m in bns
-    ]
-    for x in images.split(64):
-        model(x)
-    for h in handles:
-        h.remove()
+    bns = dict(model.named_modules())
     ratios, shares = [], []
-    for n, m in bns:
-        v = torch.cat(seen[n])
+    for n, v in layer_inputs(model, images, (torch.nn.BatchNorm2d,)).items():
+        m = bns[n]
         shape = (1, -1, 1, 1)
         ratios.append(float((v.var(dim=(0, 2, 3)) / m.running_var).median()))
         dev = (v - m.running_mean.view(shape)).abs() / m.running_var.sqrt().view(shape)
@@ -328,7 +327,7 @@ def part_ranges(args, out: Path) -> list[dict]:
         sets = {"real train-5k": real, "gaussian noise": noise_calib(cfg, args.num_images, 0)}
         for method in args.methods:
             seed = args.seeds[0]
-            saved = out / "sets" / f"{name}-{method}{args.tag}-s{seed}.npz"
+            saved = set_path(out, name, method, args.tag, seed)
             if saved.exists():  # the quantizer part's set, same --out, --synth and --tag
                 sets[method + args.tag] = load_calibration(saved)
                 continue

@@ -96,11 +96,11 @@ def quantize_(
                 },
                 kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6),
             )
-    if cfg.kd_iters > 0 and not cfg.distills:
-        report["distill_skipped"] = "every layer is 8 bit and kd_at_8bit is false"
     if cfg.distills:
         with _stage(report, "distill") as info:
             info.update(distill(model, teacher, calib, cfg, progress, seed))
+    elif cfg.kd_iters > 0:
+        report["distill_skipped"] = "every layer is 8 bit and kd_at_8bit is false"
     with _stage(report, "bake") as info:
         bake(model)
         info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)
