@@ -1,6 +1,7 @@
 """`quantize_`: the library entry that quantizes a model in place (what `dfq quantize` runs).
 
-Stages: fold + insert + range init ("prepare"), block reconstruction, network distillation, bake.
+Stages: fold + insert + range init ("prepare"), GPTQ weight rounding (when chosen), block
+reconstruction, network distillation, bake.
 Each is timed and its losses kept for `report.json`.
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from dfq.quant.data_source import DataSource
 from dfq.quant.distill import distill, mean_kd_loss
+from dfq.quant.gptq import gptq
 from dfq.quant.insert import prepare
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
@@ -82,6 +84,17 @@ def quantize_(
         activation_quantizers=prep.activations,
         unquantized_layers=prep.unquantized,
     )
+    if cfg.weight_rounding == "gptq":
+        with _stage(report, "gptq") as info:
+            res = gptq(
+                model, images, cfg.calib_batch_size, cfg.gptq_damp, cfg.gptq_images, progress
+            )
+            info.update(
+                kept_nearest=res["kept_nearest"],
+                skipped=res["skipped"],
+                unit_losses=_rounded(res["unit_losses"]),
+                kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6),
+            )
     if cfg.reconstruct and cfg.recon_iters > 0:
         with _stage(report, "reconstruct") as info:
             fp = copy.deepcopy(model)
@@ -91,9 +104,7 @@ def quantize_(
             info.update(
                 skipped=rec["skipped"],
                 kept_nearest=rec["kept_nearest"],
-                block_losses={
-                    k: [round(a, 6), round(b, 6)] for k, (a, b) in rec["block_losses"].items()
-                },
+                block_losses=_rounded(rec["block_losses"]),
                 kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6),
             )
     if cfg.distills:
@@ -105,6 +116,10 @@ def quantize_(
         bake(model)
         info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)
     return report
+
+
+def _rounded(losses: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {k: [round(v, 6) for v in pair] for k, pair in losses.items()}
 
 
 @torch.no_grad()

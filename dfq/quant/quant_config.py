@@ -11,6 +11,7 @@ AMP_MODES = ("auto", "bf16", "off")
 PROTOCOLS = ("deploy", "gdfq", "genie")
 WEIGHT_INITS = ("mse", "minmax")
 ACT_INITS = ("mse", "percentile", "minmax")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 KD_PARAMS = ("all", "scales")
 KD_AUGMENTS = ("shift_flip", "flip")
 
@@ -31,6 +32,10 @@ class QuantConfig:
     act_init: str = "mse"
     act_percentile: float = 99.99
     calib_batch_size: int = 64
+    # weight rounding before reconstruction: "gptq" rounds against each layer's input Hessian
+    weight_rounding: str = "gptq"
+    gptq_damp: float = 0.01  # of the mean Hessian diagonal
+    gptq_images: int = 64  # calibration images the Hessians are estimated on
     # block reconstruction (BRECQ / QDrop)
     reconstruct: bool = True
     recon_iters: int = 300  # per block
@@ -70,16 +75,17 @@ class QuantConfig:
             raise DfqError("log_every must be >= 1 and class_images 0 (automatic) or >= 2")
         _choice("weight_init", self.weight_init, WEIGHT_INITS)
         _choice("act_init", self.act_init, ACT_INITS)
+        _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         _choice("kd_params", self.kd_params, KD_PARAMS)
         if not 50.0 < self.act_percentile <= 100.0:
             raise DfqError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
-        for name in ("calib_batch_size", "recon_batch_size", "kd_batch_size"):
+        for name in ("calib_batch_size", "recon_batch_size", "kd_batch_size", "gptq_images"):
             if getattr(self, name) < 1:
                 raise DfqError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("recon_iters", "kd_iters"):
             if getattr(self, name) < 0:
                 raise DfqError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        for name in ("recon_lr_round", "recon_lr_act", "kd_lr", "kd_temperature"):
+        for name in ("recon_lr_round", "recon_lr_act", "kd_lr", "kd_temperature", "gptq_damp"):
             if not getattr(self, name) > 0:
                 raise DfqError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("qdrop_prob", "round_warmup"):

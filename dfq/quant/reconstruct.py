@@ -51,8 +51,8 @@ class AdaRound(nn.Module):
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
 
 
-class _Stop(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the tensor it wanted is seen."""
 
 
 @torch.no_grad()
@@ -65,9 +65,9 @@ def capture(
 
     def keep(t: object, n_inputs: int) -> None:
         if n_inputs != 1 or not isinstance(t, torch.Tensor):
-            raise _Stop
+            raise StopForward
         store.append(t.detach())
-        raise _Stop
+        raise StopForward
 
     module = model.get_submodule(name)
     if output:
@@ -76,15 +76,24 @@ def capture(
         handle = module.register_forward_pre_hook(
             lambda _m, inp: keep(inp[0] if inp else None, len(inp)), prepend=True
         )
+    run_hooked(model, handle, images, batch_size)
+    return torch.cat(store) if len(store) * batch_size >= len(images) else None
+
+
+@torch.no_grad()
+def run_hooked(
+    model: nn.Module, handle: torch.utils.hooks.RemovableHandle, x: torch.Tensor, batch_size: int
+) -> None:
+    """Run `model` over `x` in batches, each pass ending where a hook raises `StopForward`; the
+    hook `handle` is removed afterwards."""
     try:
-        for i in range(0, len(images), batch_size):
+        for i in range(0, len(x), batch_size):
             try:
-                model(images[i : i + batch_size])
-            except _Stop:
+                model(x[i : i + batch_size])
+            except StopForward:
                 pass
     finally:
         handle.remove()
-    return torch.cat(store) if len(store) * batch_size >= len(images) else None
 
 
 @contextmanager
@@ -109,8 +118,9 @@ def reconstruct(
     progress: bool = True,
 ) -> dict:
     """Reconstruct every unit of `qmodel` against `fpmodel` (same structure); returns each unit's
-    loss over `images` with nearest rounding and after, and the units that kept nearest rounding
-    because the learned one did worse (a short budget, QDrop's noise)."""
+    loss over `images` before (the weights as given: GPTQ or nearest rounding) and after, and the
+    units that kept those weights because the learned rounding did worse (a short budget, QDrop's
+    noise)."""
     names = units(qmodel)
     losses, skipped, kept_nearest = {}, [], []
     qmodel.eval().requires_grad_(False)
@@ -139,7 +149,8 @@ def reconstruct(
     return {"block_losses": losses, "skipped": skipped, "kept_nearest": kept_nearest}
 
 
-def _unit_layers(block: nn.Module) -> list[QuantLayer]:
+def unit_layers(block: nn.Module) -> list[QuantLayer]:
+    """The quantized layers of a unit (the unit itself when it is one)."""
     return [block] if isinstance(block, QuantLayer) else list(quant_layers(block).values())
 
 
@@ -149,7 +160,7 @@ def _act_scales(block: nn.Module) -> list[torch.Tensor]:
 
 def _learnable(block: nn.Module) -> list[torch.Tensor]:
     """What reconstruction changes: float weights and activation step sizes."""
-    return [layer.weight for layer in _unit_layers(block)] + _act_scales(block)
+    return [layer.weight for layer in unit_layers(block)] + _act_scales(block)
 
 
 def _learnable_state(block: nn.Module) -> list[torch.Tensor]:
@@ -161,7 +172,7 @@ def _restore_nearest(block: nn.Module, saved: list[torch.Tensor]) -> None:
     """Back to the state before reconstruction, weights baked with nearest rounding."""
     for t, v in zip(_learnable(block), saved, strict=True):
         t.copy_(v)
-    for layer in _unit_layers(block):
+    for layer in unit_layers(block):
         layer.bake()
 
 
@@ -193,7 +204,7 @@ def _reconstruct_unit(
     bar: StepBar,
     gen: torch.Generator,
 ) -> None:
-    layers = _unit_layers(block)
+    layers = unit_layers(block)
     rounds = []
     for layer in layers:
         layer.rounding = AdaRound(layer.weight_quantizer, layer.weight)

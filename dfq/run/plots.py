@@ -173,7 +173,7 @@ def loss_figure(history: dict) -> Figure:
         ax.set_title(
             {
                 "synthesize": "Synthesis losses per step",
-                "reconstruct": "Block reconstruction loss, nearest rounding and after",
+                "reconstruct": "Block reconstruction loss, before (GPTQ or nearest) and after",
                 "distill": "Distillation losses per step",
             }[key],
             fontsize=10,
@@ -207,7 +207,7 @@ def _block_bars(ax: Axes, blocks: dict[str, Sequence[float]]) -> None:
     before = [float(blocks[n][0]) for n in names]
     after = [float(blocks[n][1]) for n in names]
     pos = list(range(len(names)))
-    ax.bar([p - 0.2 for p in pos], before, width=0.4, label="nearest rounding")
+    ax.bar([p - 0.2 for p in pos], before, width=0.4, label="before (GPTQ or nearest rounding)")
     ax.bar([p + 0.2 for p in pos], after, width=0.4, label="after reconstruction")
     if min(before + after) > 0:
         ax.set_yscale("log")

@@ -40,7 +40,13 @@ def test_distillation_lowers_the_kd_loss(resnet20_weights):
 def test_quantize_bakes_weights_and_reconstruction_lowers_block_error(resnet20_weights):
     torch.manual_seed(0)
     model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
-    cfg = QuantConfig(calib_batch_size=32, recon_iters=20, recon_batch_size=16, kd_iters=0)
+    cfg = QuantConfig(
+        weight_rounding="nearest",
+        calib_batch_size=32,
+        recon_iters=20,
+        recon_batch_size=16,
+        kd_iters=0,
+    )
     report = quantize_(model, cfg, torch.randn(32, 3, 32, 32), progress=False)
     rec = report["stages"]["reconstruct"]
     assert rec["kd_loss"] < report["stages"]["prepare"]["kd_loss"]
@@ -89,13 +95,13 @@ def test_a_block_that_reconstruction_worsens_keeps_nearest_rounding(resnet20_wei
     from dfq.quant import reconstruct as rec_mod
 
     def wreck(block, *args):  # a reconstruction gone wrong: every weight flipped
-        for layer in rec_mod._unit_layers(block):
+        for layer in rec_mod.unit_layers(block):
             layer.weight.data.neg_()
             layer.bake()
 
     torch.manual_seed(0)
     model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
-    cfg = QuantConfig(calib_batch_size=32, recon_iters=2, kd_iters=0)
+    cfg = QuantConfig(weight_rounding="nearest", calib_batch_size=32, recon_iters=2, kd_iters=0)
     calib = torch.randn(32, 3, 32, 32)
     nearest = copy.deepcopy(model)
     quantize_(nearest, replace(cfg, reconstruct=False), calib, progress=False)

@@ -1,0 +1,210 @@
+"""GPTQ weight rounding (Frantar et al., 2023; OBQ for convolutions): round the weights so that
+each layer's output on the calibration inputs changes least, not each weight on its own.
+
+A layer's output error for a weight change dW is `dW H dW^T` with `H = X X^T`, X its (quantized)
+inputs as columns (im2col patches for a convolution, one matrix per group: a depthwise conv has
+one small H per channel). Columns are rounded one at a time, largest H diagonal first, and each
+rounding error is spread over the columns not yet rounded through the inverse of H (its upper
+Cholesky factor). The bias is a last, unrounded column fed by a constant 1, so it absorbs what
+rounding shifted on average (bias correction).
+
+Run unit by unit in forward order on the quantized model, so each layer sees the inputs its
+quantized predecessors produce; a unit keeps nearest rounding when GPTQ does not lower its output
+error on the calibration images. The grid (step sizes) is the range initialization's; only the
+integer codes change. Costs seconds on a CPU: one pass per layer over its unit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfq.models.blocks import units
+from dfq.progress import StepBar
+from dfq.quant.layers import QuantConv2d
+from dfq.quant.reconstruct import StopForward, capture, run_hooked, unit_layers, unit_loss
+
+MAX_DAMP_TRIES = 4
+
+
+def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The inputs `layer` multiplies with its weights, (groups, d, n): d = weights per output
+    channel, n = images x output positions; after its input quantizer and padding."""
+    x = layer.quant_input(x).float()
+    if not isinstance(layer, QuantConv2d):
+        return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
+    if isinstance(layer.padding, str):
+        raise ValueError(f"padding '{layer.padding}' is not supported by GPTQ")
+    if layer.same_pad is not None:
+        x = F.pad(x, layer.same_pad)
+    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+    b, d, n = cols.shape
+    g = layer.groups
+    return cols.view(b, g, d // g, n).permute(1, 2, 0, 3).reshape(g, d // g, b * n)
+
+
+class Hessian:
+    """`X X^T / n` of a layer's input columns, with a constant-1 row last when it has a bias."""
+
+    def __init__(self, with_bias: bool) -> None:
+        self.with_bias = with_bias
+        self.h: torch.Tensor | None = None
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, cols: torch.Tensor) -> None:
+        if self.with_bias:
+            cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], dim=1)
+        h = torch.einsum("gdn,gen->gde", cols, cols).double()
+        self.h = h if self.h is None else self.h + h
+        self.n += cols.shape[2]
+
+    def value(self) -> torch.Tensor:
+        return self.h / max(1, self.n)
+
+
+def _upper_inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of `(H + damp * mean diag * I)^-1`, damping raised until it is
+    positive definite."""
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    mean_diag = h.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)[:, None, None]
+    for _ in range(MAX_DAMP_TRIES):
+        chol, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
+        if not bool(info.any()):
+            inv = torch.cholesky_solve(eye.expand_as(h), chol)
+            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if not bool(info.any()):
+                return upper
+        damp *= 10
+    raise ValueError("GPTQ: the input Hessian is not positive definite even with damping")
+
+
+@torch.no_grad()
+def gptq_round(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    scale: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    bias: torch.Tensor | None = None,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Round `w` (groups, out, d) onto the grid `scale` (groups, out, 1) x [qmin, qmax] against
+    `h` (groups, d', d'), d' = d + 1 with a `bias` (groups, out). Returns the rounded weights and
+    the compensated bias."""
+    g, o, d = w.shape
+    cols = torch.cat([w, bias[..., None]], dim=2) if bias is not None else w
+    cols = cols.double()
+    h = h.double().clone()
+    diag = h.diagonal(dim1=1, dim2=2)
+    dead = diag <= 0  # inputs that are always 0: their weights never act
+    diag.masked_fill_(dead, 1.0)
+    order = torch.argsort(diag[:, :d], dim=1, descending=True)
+    if bias is not None:
+        order = torch.cat([order, order.new_full((g, 1), d)], dim=1)
+    dd = order.shape[1]
+    cols = cols.gather(2, order[:, None, :].expand(g, o, dd))
+    h = h.gather(1, order[:, :, None].expand(g, dd, dd))
+    h = h.gather(2, order[:, None, :].expand(g, dd, dd))
+    upper = _upper_inverse_factor(h, damp)
+    s = scale.double().expand(g, o, 1)[..., 0]
+    for i in range(d):
+        col = cols[:, :, i]
+        q = torch.clamp(torch.round(col / s), qmin, qmax) * s
+        err = (col - q) / upper[:, i, i][:, None]
+        cols[:, :, i] = q
+        cols[:, :, i + 1 :] -= err[:, :, None] * upper[:, None, i, i + 1 :]
+    out = torch.empty_like(cols).scatter_(2, order[:, None, :].expand(g, o, dd), cols)
+    new_bias = out[:, :, d].to(bias.dtype) if bias is not None else None
+    return out[:, :, :d].to(w.dtype), new_bias
+
+
+@torch.no_grad()
+def gptq_layer(layer: nn.Module, h: torch.Tensor, damp: float) -> None:
+    """Round `layer`'s float weight in place (it stays float, now on its grid) and correct its
+    bias."""
+    w = layer.weight
+    g = layer.groups if isinstance(layer, QuantConv2d) else 1
+    out = w.shape[0] // g
+    q = layer.weight_quantizer
+    scale = q.step(w).detach().reshape(g, out, 1)
+    bias = layer.bias.detach().reshape(g, out) if layer.bias is not None else None
+    new_w, new_b = gptq_round(w.detach().reshape(g, out, -1), h, scale, q.qmin, q.qmax, bias, damp)
+    w.copy_(new_w.reshape_as(w))
+    if new_b is not None:
+        layer.bias.copy_(new_b.reshape(-1))
+
+
+@torch.no_grad()
+def layer_hessian(block: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: int):
+    """H of `layer`'s inputs while `block` runs on `x` (stopped at the layer)."""
+    acc = Hessian(layer.bias is not None)
+
+    def hook(_m, inp):
+        acc.add(layer_columns(layer, inp[0]))
+        raise StopForward
+
+    run_hooked(block, layer.register_forward_pre_hook(hook), x, batch_size)
+    return acc.value() if acc.n else None
+
+
+@torch.no_grad()
+def gptq(
+    qmodel: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    damp: float = 0.01,
+    max_images: int = 64,
+    progress: bool = True,
+) -> dict:
+    """GPTQ every unit of `qmodel` in forward order on (up to `max_images` of) `images`; returns
+    each unit's output error with nearest rounding and after, and the units that kept nearest."""
+    qmodel.eval()
+    images = images[:max_images]
+    names = units(qmodel)
+    losses, kept_nearest, skipped = {}, [], []
+    with StepBar(len(names), "gptq", enabled=progress) as bar:
+        for name in names:
+            bar.step(1, name)
+            block = qmodel.get_submodule(name)
+            x = capture(qmodel, name, images, batch_size)
+            layers = [m for m in unit_layers(block) if m.weight_quantizer.enabled]
+            if x is None or not layers:
+                skipped.append(name)
+                continue
+            y = _float_output(block, x, batch_size)
+            before = unit_loss(block, x, y, batch_size, amp=False)
+            saved = [(m.weight.clone(), None if m.bias is None else m.bias.clone()) for m in layers]
+            try:
+                for layer in layers:
+                    h = layer_hessian(block, layer, x, batch_size)
+                    if h is not None:
+                        gptq_layer(layer, h, damp)
+            except ValueError:
+                skipped.append(name)
+            after = unit_loss(block, x, y, batch_size, amp=False)
+            if after > before:
+                for m, (w, b) in zip(layers, saved, strict=True):
+                    m.weight.copy_(w)
+                    if b is not None:
+                        m.bias.copy_(b)
+                kept_nearest.append(name)
+                after = before
+            losses[name] = [before, after]
+    return {"unit_losses": losses, "kept_nearest": kept_nearest, "skipped": skipped}
+
+
+@torch.no_grad()
+def _float_output(block: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`block`'s output on `x` with its weights unrounded (input quantizers stay on): what GPTQ
+    tries to keep."""
+    layers = unit_layers(block)
+    old = [m.weight_quantizer.enabled for m in layers]
+    for m in layers:
+        m.weight_quantizer.enabled = False
+    try:
+        return torch.cat([block(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        for m, v in zip(layers, old, strict=True):
+            m.weight_quantizer.enabled = v

@@ -1,0 +1,110 @@
+import copy
+
+import torch
+from torch import nn
+
+from dfq.models import load_model
+from dfq.quant.distill import mean_kd_loss
+from dfq.quant.gptq import Hessian, gptq, gptq_layer, gptq_round, layer_columns
+from dfq.quant.insert import prepare
+from dfq.quant.layers import QuantConv2d, QuantLinear, quant_layers
+from dfq.quant.pipeline import quantize_
+from dfq.quant.quant_config import QuantConfig
+
+
+def _nearest(w, s, qmin, qmax):
+    return torch.clamp(torch.round(w / s), qmin, qmax) * s
+
+
+def _correlated(d, n, gen):
+    mix = torch.randn(d, d, generator=gen)
+    return mix @ torch.randn(d, n, generator=gen) + 0.5
+
+
+def test_gptq_lowers_the_output_error_of_nearest_rounding_and_stays_on_the_grid():
+    gen = torch.Generator().manual_seed(0)
+    x = _correlated(32, 4000, gen)
+    w = torch.randn(1, 16, 32, generator=gen) * 0.1
+    b = torch.randn(1, 16, generator=gen) * 0.1
+    s = w.abs().amax(2, keepdim=True) / 7
+    acc = Hessian(with_bias=True)
+    acc.add(x[None])
+    qw, qb = gptq_round(w, acc.value(), s, -8, 7, b)
+    ref = w[0] @ x + b[0, :, None]
+    err_near = (_nearest(w, s, -8, 7)[0] @ x + b[0, :, None] - ref).pow(2).mean()
+    err_gptq = (qw[0] @ x + qb[0, :, None] - ref).pow(2).mean()
+    assert err_gptq < 0.7 * err_near
+    codes = qw / s
+    assert torch.allclose(codes, codes.round(), atol=1e-4)
+    assert codes.round().min() >= -8 and codes.round().max() <= 7
+
+
+def test_the_bias_column_absorbs_a_constant_inputs_rounding_error():
+    # one weight, input always 3: the output shift (w - q) * 3 moves into the bias exactly
+    w, b = torch.tensor([[[0.34]]]), torch.tensor([[0.1]])
+    s = torch.tensor([[[0.25]]])
+    acc = Hessian(with_bias=True)
+    acc.add(torch.full((1, 1, 50), 3.0))
+    qw, qb = gptq_round(w, acc.value(), s, -8, 7, b, damp=1e-9)
+    assert qw.item() == 0.25
+    assert abs(qb.item() - (0.1 + (0.34 - 0.25) * 3.0)) < 1e-6
+
+
+def test_layer_columns_reproduce_a_depthwise_and_a_strided_conv():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9)
+    for conv in (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 3, stride=2)):
+        q = QuantConv2d.from_float(conv, 4, None)
+        cols = layer_columns(q, x)
+        g = conv.groups
+        y = torch.einsum("god,gdn->gon", q.weight.reshape(g, conv.out_channels // g, -1), cols)
+        ref = nn.functional.conv2d(x, q.weight, None, conv.stride, conv.padding, 1, g)
+        b, c, hh, ww = ref.shape
+        got = y.reshape(g, -1, b, hh * ww).permute(2, 0, 1, 3).reshape(b, c, hh, ww)
+        assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_gptq_layer_on_a_depthwise_conv_beats_nearest_on_its_inputs():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    q = QuantConv2d.from_float(conv, 3, None)
+    q.weight_quantizer.set_scale(q.weight.detach().abs().flatten(1).amax(1) / 3)
+    # smooth inputs (neighbouring pixels correlated), as images and feature maps are
+    x = nn.functional.avg_pool2d(torch.randn(16, 6, 12, 12), 3, 1) * 3
+    ref = nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1, 1, 6)
+    near = copy.deepcopy(q)
+    near.bake()
+    acc = Hessian(with_bias=True)
+    acc.add(layer_columns(q, x))
+    gptq_layer(q, acc.value(), damp=0.01)
+    assert (q(x) - ref).pow(2).mean() < 0.8 * (near(x) - ref).pow(2).mean()
+
+
+def test_gptq_on_a_model_lowers_unit_errors_and_the_kd_loss(resnet20_weights):
+    torch.manual_seed(0)
+    model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+    teacher = copy.deepcopy(model)
+    calib = torch.randn(32, 3, 32, 32)
+    cfg = QuantConfig(wbits=3, abits=8, calib_batch_size=16)
+    prepare(model, cfg, [calib])
+    before = mean_kd_loss(model, teacher, calib, cfg.kd_temperature)
+    res = gptq(model, calib, batch_size=16, max_images=32, progress=False)
+    assert mean_kd_loss(model, teacher, calib, cfg.kd_temperature) < 0.8 * before
+    assert all(after <= first for first, after in res["unit_losses"].values())
+    improved = [k for k, (first, after) in res["unit_losses"].items() if after < 0.9 * first]
+    assert len(improved) >= len(res["unit_losses"]) // 2
+    for layer in quant_layers(model).values():
+        s = layer.weight_quantizer.step(layer.weight)
+        assert torch.allclose(layer.weight / s, (layer.weight / s).round(), atol=1e-3)
+    assert isinstance(model.get_submodule("linear"), QuantLinear)
+
+
+def test_pipeline_reports_the_gptq_stage(resnet20_weights):
+    model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+    cfg = QuantConfig(
+        weight_rounding="gptq", calib_batch_size=16, recon_iters=0, kd_iters=0, gptq_images=16
+    )
+    report = quantize_(model, cfg, torch.randn(16, 3, 32, 32), progress=False)
+    stage = report["stages"]["gptq"]
+    assert stage["kd_loss"] < report["stages"]["prepare"]["kd_loss"]
+    assert "layer1.0" in stage["unit_losses"]
