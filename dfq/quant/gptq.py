@@ -23,6 +23,7 @@ from torch import nn
 from dfq.models.blocks import units
 from dfq.progress import StepBar
 from dfq.quant.layers import QuantConv2d
+from dfq.quant.quantizer import disabled
 from dfq.quant.reconstruct import StopForward, capture, run_hooked, unit_layers, unit_loss
 
 MAX_DAMP_TRIES = 4
@@ -199,12 +200,5 @@ def gptq(
 def _float_output(block: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """`block`'s output on `x` with its weights unrounded (input quantizers stay on): what GPTQ
     tries to keep."""
-    layers = unit_layers(block)
-    old = [m.weight_quantizer.enabled for m in layers]
-    for m in layers:
-        m.weight_quantizer.enabled = False
-    try:
+    with disabled(m.weight_quantizer for m in unit_layers(block)):
         return torch.cat([block(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    finally:
-        for m, v in zip(layers, old, strict=True):
-            m.weight_quantizer.enabled = v

@@ -22,22 +22,15 @@ from dfq.quant.gptq import gptq
 from dfq.quant.insert import prepare
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
-from dfq.quant.quantizer import MIN_SCALE, activation_quantizers, all_quantizers
+from dfq.quant.quantizer import MIN_SCALE, activation_quantizers, all_quantizers, disabled
 from dfq.quant.reconstruct import reconstruct
 
 
 @contextmanager
 def quantizers_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Every quantizer of `model` is the identity inside (the folded FP model); restored on exit."""
-    qs = all_quantizers(model)
-    old = [q.enabled for q in qs]
-    for q in qs:
-        q.enabled = False
-    try:
+    with disabled(all_quantizers(model)):
         yield model
-    finally:
-        for q, v in zip(qs, old, strict=True):
-            q.enabled = v
 
 
 @contextmanager

@@ -8,6 +8,8 @@ fuse: signed tensors use a symmetric grid, non-negative ones (after ReLU) a grid
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -107,3 +109,22 @@ def activation_quantizers(model: nn.Module) -> list[Quantizer]:
 
 def all_quantizers(model: nn.Module) -> list[Quantizer]:
     return [m for m in model.modules() if isinstance(m, Quantizer)]
+
+
+@contextmanager
+def temporarily(quantizers: Iterable[Quantizer], attr: str, value: object) -> Iterator[None]:
+    """Each of `quantizers` has `attr` set to `value` inside; the old values come back on exit."""
+    qs = list(quantizers)
+    old = [getattr(q, attr) for q in qs]
+    for q in qs:
+        setattr(q, attr, value)
+    try:
+        yield
+    finally:
+        for q, v in zip(qs, old, strict=True):
+            setattr(q, attr, v)
+
+
+def disabled(quantizers: Iterable[Quantizer]):
+    """`quantizers` are the identity inside (a context manager); restored on exit."""
+    return temporarily(quantizers, "enabled", False)

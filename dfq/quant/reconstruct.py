@@ -21,7 +21,7 @@ from dfq.modes import autocast, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.quant.layers import QuantLayer, quant_layers
 from dfq.quant.quant_config import QuantConfig
-from dfq.quant.quantizer import Quantizer, activation_quantizers
+from dfq.quant.quantizer import Quantizer, activation_quantizers, temporarily
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 
@@ -99,15 +99,8 @@ def run_hooked(
 @contextmanager
 def qdrop(module: nn.Module, p: float) -> Iterator[None]:
     """Input quantizers of `module` drop quantization with probability `p` (restored on exit)."""
-    qs = [q for q in activation_quantizers(module) if q.enabled]
-    old = [q.drop_prob for q in qs]
-    for q in qs:
-        q.drop_prob = p
-    try:
+    with temporarily((q for q in activation_quantizers(module) if q.enabled), "drop_prob", p):
         yield
-    finally:
-        for q, v in zip(qs, old, strict=True):
-            q.drop_prob = v
 
 
 def reconstruct(
