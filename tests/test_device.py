@@ -32,6 +32,8 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation():
     _, default = _faults("default")
     assert applied == "True"
     assert default > 20 * 15000  # all 16384 pages of 4 KB fault in again for each new block
-    # The freed block is reused as it is. A machine may still fault a block's pages in once or
-    # twice more while the heap settles (CI did: 2 blocks' worth), never once per allocation.
-    assert kept < 3 * 16384
+    # The freed block is reused as it is. A machine may still fault a block's pages in a few more
+    # times while the heap settles (CI did: 2 and then 3 blocks' worth), never once per allocation:
+    # at most a quarter of the 20 blocks the default faults in.
+    assert kept < 5 * 16384
+    assert kept < default / 4
