@@ -12,6 +12,13 @@ Run unit by unit in forward order on the quantized model, so each layer sees the
 quantized predecessors produce; a unit keeps nearest rounding when GPTQ does not lower its output
 error on the calibration images. The grid (step sizes) is the range initialization's; only the
 integer codes change. Costs seconds on a CPU: one pass per layer over its unit.
+
+Two targets. `weights`: the layer's output with float weights on the same quantized inputs (only
+the rounding error is corrected). `float` (asymmetric calibration, as GPTAQ): the FP model's
+output on its own float inputs, so each layer also absorbs what quantizing its inputs changed.
+That objective, `|W X_fp - V X_q|^2`, splits into the least-squares fit
+`W' = W X_fp X_q^T (X_q X_q^T)^-1` (damped towards W) plus `|(W' - V) X_q|^2`: GPTQ of W' against
+the same H.
 """
 
 from __future__ import annotations
@@ -46,23 +53,48 @@ def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class Hessian:
-    """`X X^T / n` of a layer's input columns, with a constant-1 row last when it has a bias."""
+    """`X X^T / n` of a layer's input columns, with a constant-1 row last when it has a bias; with
+    the float model's columns of the same images also `X_fp X^T / n` (the cross term)."""
 
     def __init__(self, with_bias: bool) -> None:
         self.with_bias = with_bias
         self.h: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
         self.n = 0
 
+    def _ones(self, cols: torch.Tensor) -> torch.Tensor:
+        if not self.with_bias:
+            return cols
+        return torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], dim=1)
+
     @torch.no_grad()
-    def add(self, cols: torch.Tensor) -> None:
-        if self.with_bias:
-            cols = torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], dim=1)
+    def add(self, cols: torch.Tensor, fp_cols: torch.Tensor | None = None) -> None:
+        cols = self._ones(cols)
         h = torch.einsum("gdn,gen->gde", cols, cols).double()
         self.h = h if self.h is None else self.h + h
+        if fp_cols is not None:
+            c = torch.einsum("gdn,gen->gde", self._ones(fp_cols), cols).double()
+            self.cross = c if self.cross is None else self.cross + c
         self.n += cols.shape[2]
 
     def value(self) -> torch.Tensor:
         return self.h / max(1, self.n)
+
+    def cross_value(self) -> torch.Tensor | None:
+        return None if self.cross is None else self.cross / max(1, self.n)
+
+
+def least_squares_target(
+    w: torch.Tensor, h: torch.Tensor, cross: torch.Tensor, damp: float
+) -> torch.Tensor:
+    """The weights (groups, out, d) that best map the quantized inputs onto the float output
+    `w X_fp`: `(w C + l w) (H + l I)^-1`, C = X_fp X_q^T / n, l = `damp` x mean diag H (the damping
+    pulls towards `w` where the inputs say little)."""
+    h, cross, w64 = h.double(), cross.double(), w.double()
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    lam = damp * h.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)[:, None, None]
+    rhs = w64 @ cross + lam * w64
+    return torch.linalg.solve(h + lam * eye, rhs.transpose(1, 2)).transpose(1, 2).to(w.dtype)
 
 
 def _upper_inverse_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
@@ -122,32 +154,62 @@ def gptq_round(
 
 
 @torch.no_grad()
-def gptq_layer(layer: nn.Module, h: torch.Tensor, damp: float) -> None:
+def gptq_layer(
+    layer: nn.Module,
+    h: torch.Tensor,
+    damp: float,
+    cross: torch.Tensor | None = None,
+    fit_damp: float = 0.01,
+) -> None:
     """Round `layer`'s float weight in place (it stays float, now on its grid) and correct its
-    bias."""
+    bias; with `cross` (X_fp X_q^T) towards the float model's output instead of the layer's own
+    (the least-squares fit damped by `fit_damp`)."""
     w = layer.weight
     g = layer.groups if isinstance(layer, QuantConv2d) else 1
     out = w.shape[0] // g
     q = layer.weight_quantizer
     scale = q.step(w).detach().reshape(g, out, 1)
+    wg = w.detach().reshape(g, out, -1)
     bias = layer.bias.detach().reshape(g, out) if layer.bias is not None else None
-    new_w, new_b = gptq_round(w.detach().reshape(g, out, -1), h, scale, q.qmin, q.qmax, bias, damp)
+    if cross is not None:
+        full = torch.cat([wg, bias[..., None]], dim=2) if bias is not None else wg
+        full = least_squares_target(full, h, cross, fit_damp)
+        wg, bias = (full[..., :-1], full[..., -1]) if bias is not None else (full, None)
+    new_w, new_b = gptq_round(wg, h, scale, q.qmin, q.qmax, bias, damp)
     w.copy_(new_w.reshape_as(w))
     if new_b is not None:
         layer.bias.copy_(new_b.reshape(-1))
 
 
 @torch.no_grad()
-def layer_hessian(block: nn.Module, layer: nn.Module, x: torch.Tensor, batch_size: int):
-    """H of `layer`'s inputs while `block` runs on `x` (stopped at the layer)."""
+def layer_hessian(
+    block: nn.Module,
+    layer: nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    fp: tuple[nn.Module, nn.Module, torch.Tensor] | None = None,
+) -> Hessian | None:
+    """H of `layer`'s inputs while `block` runs on `x` (stopped at the layer); with `fp` = (float
+    block, its layer, its inputs) also the cross term with the float model's columns."""
     acc = Hessian(layer.bias is not None)
+    for i in range(0, len(x), batch_size):
+        cols = _columns(block, layer, x[i : i + batch_size])
+        fp_cols = None if fp is None else _columns(fp[0], fp[1], fp[2][i : i + batch_size])
+        if cols is not None and (fp is None or fp_cols is not None):
+            acc.add(cols, fp_cols)
+    return acc if acc.n else None
+
+
+def _columns(block: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """`layer`'s input columns while `block` runs on the batch `x`."""
+    store: list[torch.Tensor] = []
 
     def hook(_m, inp):
-        acc.add(layer_columns(layer, inp[0]))
+        store.append(layer_columns(layer, inp[0]))
         raise StopForward
 
-    run_hooked(block, layer.register_forward_pre_hook(hook), x, batch_size)
-    return acc.value() if acc.n else None
+    run_hooked(block, layer.register_forward_pre_hook(hook), x, len(x))
+    return store[0] if store else None
 
 
 @torch.no_grad()
@@ -158,9 +220,15 @@ def gptq(
     damp: float = 0.01,
     max_images: int = 64,
     progress: bool = True,
+    fpmodel: nn.Module | None = None,
+    fit_damp: float = 0.01,
 ) -> dict:
     """GPTQ every unit of `qmodel` in forward order on (up to `max_images` of) `images`; returns
-    each unit's output error with nearest rounding and after, and the units that kept nearest."""
+    each unit's output error with nearest rounding and after, and the units that kept nearest.
+
+    With `fpmodel` (the same structure, every quantizer off, weights unrounded) the target is its
+    output on its own inputs (asymmetric calibration, the fit damped by `fit_damp`); without,
+    each unit's output with float weights on the quantized inputs."""
     qmodel.eval()
     images = images[:max_images]
     names = units(qmodel)
@@ -171,17 +239,29 @@ def gptq(
             block = qmodel.get_submodule(name)
             x = capture(qmodel, name, images, batch_size)
             layers = [m for m in unit_layers(block) if m.weight_quantizer.enabled]
+            fp = None
+            if fpmodel is not None and x is not None:
+                fp_block = fpmodel.get_submodule(name)
+                x_fp = capture(fpmodel, name, images, batch_size)
+                fp_layers = dict(zip(unit_layers(block), unit_layers(fp_block), strict=True))
+                if x_fp is None or x_fp.shape != x.shape:
+                    x = None
             if x is None or not layers:
                 skipped.append(name)
                 continue
-            y = _float_output(block, x, batch_size)
+            if fpmodel is None:
+                y = _float_output(block, x, batch_size)
+            else:
+                y = torch.cat([fp_block(b) for b in x_fp.split(batch_size)])
             before = unit_loss(block, x, y, batch_size, amp=False)
             saved = [(m.weight.clone(), None if m.bias is None else m.bias.clone()) for m in layers]
             try:
                 for layer in layers:
-                    h = layer_hessian(block, layer, x, batch_size)
-                    if h is not None:
-                        gptq_layer(layer, h, damp)
+                    if fpmodel is not None:
+                        fp = (fp_block, fp_layers[layer], x_fp)
+                    acc = layer_hessian(block, layer, x, batch_size, fp)
+                    if acc is not None:
+                        gptq_layer(layer, acc.value(), damp, acc.cross_value(), fit_damp)
             except ValueError:
                 skipped.append(name)
             after = unit_loss(block, x, y, batch_size, amp=False)

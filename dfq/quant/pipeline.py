@@ -76,11 +76,25 @@ def quantize_(
         block_inputs=prep.block_inputs,
         activation_quantizers=prep.activations,
         unquantized_layers=prep.unquantized,
+        equalized_streams=[
+            {"readers": e["readers"], "range_spread": e["range_spread"]} for e in prep.equalized
+        ],
     )
+    recon = cfg.reconstruct and cfg.recon_iters > 0
+    # The folded FP model, every quantizer off: what GPTQ (target "float") and reconstruction aim
+    # at. Copied before any weight is rounded.
+    fp = _float_copy(model) if recon or cfg.gptq_target == "float" else None
     if cfg.weight_rounding == "gptq":
         with _stage(report, "gptq") as info:
             res = gptq(
-                model, images, cfg.calib_batch_size, cfg.gptq_damp, cfg.gptq_images, progress
+                model,
+                images,
+                cfg.calib_batch_size,
+                cfg.gptq_damp,
+                cfg.gptq_images,
+                progress,
+                fp if cfg.gptq_target == "float" else None,
+                cfg.gptq_fit_damp,
             )
             info.update(
                 kept_nearest=res["kept_nearest"],
@@ -88,18 +102,16 @@ def quantize_(
                 unit_losses=_rounded(res["unit_losses"]),
                 kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6),
             )
-    if cfg.reconstruct and cfg.recon_iters > 0:
+    if recon:
         with _stage(report, "reconstruct") as info:
-            fp = copy.deepcopy(model)
-            with quantizers_disabled(fp):
-                rec = reconstruct(model, fp, images, cfg, progress)
-            del fp
+            rec = reconstruct(model, fp, images, cfg, progress)
             info.update(
                 skipped=rec["skipped"],
                 kept_nearest=rec["kept_nearest"],
                 block_losses=_rounded(rec["block_losses"]),
                 kd_loss=round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6),
             )
+    del fp
     if cfg.distills:
         with _stage(report, "distill") as info:
             info.update(distill(model, teacher, calib, cfg, progress, seed))
@@ -109,6 +121,14 @@ def quantize_(
         bake(model)
         info["kd_loss"] = round(mean_kd_loss(model, teacher, images, cfg.kd_temperature), 6)
     return report
+
+
+def _float_copy(model: nn.Module) -> nn.Module:
+    """A copy of the (folded, quantized) `model` with every quantizer off for good."""
+    fp = copy.deepcopy(model)
+    for q in all_quantizers(fp):
+        q.enabled = False
+    return fp
 
 
 def _rounded(losses: dict[str, list[float]]) -> dict[str, list[float]]:

@@ -12,6 +12,7 @@ PROTOCOLS = ("deploy", "gdfq", "genie")
 WEIGHT_INITS = ("mse", "minmax")
 ACT_INITS = ("mse", "percentile", "minmax")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+GPTQ_TARGETS = ("weights", "float")
 KD_PARAMS = ("all", "scales")
 KD_AUGMENTS = ("shift_flip", "flip")
 
@@ -31,11 +32,17 @@ class QuantConfig:
     weight_init: str = "mse"
     act_init: str = "mse"
     act_percentile: float = 99.99
+    # even out the channel ranges of linear residual streams before quantizing them (equalize.py)
+    equalize_streams: bool = False
     calib_batch_size: int = 64
     # weight rounding before reconstruction: "gptq" rounds against each layer's input Hessian
     weight_rounding: str = "gptq"
     gptq_damp: float = 0.01  # of the mean Hessian diagonal
     gptq_images: int = 64  # calibration images the Hessians are estimated on
+    # what GPTQ keeps: "weights", each layer's output with float weights on its quantized inputs;
+    # "float", the FP model's output (also corrects what quantizing the inputs changed)
+    gptq_target: str = "weights"
+    gptq_fit_damp: float = 0.01  # "float": the least-squares fit's pull towards the FP weights
     # block reconstruction (BRECQ / QDrop)
     reconstruct: bool = True
     recon_iters: int = 300  # per block
@@ -76,6 +83,7 @@ class QuantConfig:
         _choice("weight_init", self.weight_init, WEIGHT_INITS)
         _choice("act_init", self.act_init, ACT_INITS)
         _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
+        _choice("gptq_target", self.gptq_target, GPTQ_TARGETS)
         _choice("kd_params", self.kd_params, KD_PARAMS)
         if not 50.0 < self.act_percentile <= 100.0:
             raise DfqError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
@@ -85,7 +93,8 @@ class QuantConfig:
         for name in ("recon_iters", "kd_iters"):
             if getattr(self, name) < 0:
                 raise DfqError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        for name in ("recon_lr_round", "recon_lr_act", "kd_lr", "kd_temperature", "gptq_damp"):
+        positive = ("recon_lr_round", "recon_lr_act", "kd_lr", "kd_temperature")
+        for name in (*positive, "gptq_damp", "gptq_fit_damp"):
             if not getattr(self, name) > 0:
                 raise DfqError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("qdrop_prob", "round_warmup"):

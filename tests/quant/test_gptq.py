@@ -5,7 +5,14 @@ from torch import nn
 
 from dfq.models import load_model
 from dfq.quant.distill import mean_kd_loss
-from dfq.quant.gptq import Hessian, gptq, gptq_layer, gptq_round, layer_columns
+from dfq.quant.gptq import (
+    Hessian,
+    gptq,
+    gptq_layer,
+    gptq_round,
+    layer_columns,
+    least_squares_target,
+)
 from dfq.quant.insert import prepare
 from dfq.quant.layers import QuantConv2d, QuantLinear, quant_layers
 from dfq.quant.pipeline import quantize_
@@ -48,6 +55,36 @@ def test_the_bias_column_absorbs_a_constant_inputs_rounding_error():
     qw, qb = gptq_round(w, acc.value(), s, -8, 7, b, damp=1e-9)
     assert qw.item() == 0.25
     assert abs(qb.item() - (0.1 + (0.34 - 0.25) * 3.0)) < 1e-6
+
+
+def test_the_float_target_undoes_a_known_input_error_by_hand():
+    # the quantized input is the float one halved: the least-squares weights are twice the float
+    # ones, and the bias row (constant 1 in both) keeps the bias
+    gen = torch.Generator().manual_seed(0)
+    x_fp = torch.randn(1, 3, 500, generator=gen)
+    w = torch.tensor([[[0.5, -1.0, 2.0, 0.3]]])  # three weights and the bias
+    acc = Hessian(with_bias=True)
+    acc.add(x_fp / 2, x_fp)
+    fit = least_squares_target(w, acc.value(), acc.cross_value(), damp=1e-9)
+    assert torch.allclose(fit, torch.tensor([[[1.0, -2.0, 4.0, 0.3]]]), atol=1e-5)
+
+
+def test_gptq_to_the_float_target_corrects_a_layers_input_quantization():
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 8)
+    q = QuantLinear.from_float(lin, 4, 3, input_signed=False)
+    x = _correlated(24, 2000, torch.Generator().manual_seed(1)).T.abs()
+    q.input_quantizer.set_scale(0.3 * float(x.max()) / 7)  # clips: an error correlated with x
+    q.weight_quantizer.set_scale(lin.weight.detach().abs().amax(1) / 7)
+    ref = lin(x)
+    both = {}
+    for target in ("weights", "float"):
+        layer = copy.deepcopy(q)
+        acc = Hessian(with_bias=True)
+        acc.add(layer_columns(layer, x), x.T[None] if target == "float" else None)
+        gptq_layer(layer, acc.value(), 0.01, acc.cross_value())
+        both[target] = (layer(x) - ref).pow(2).mean()
+    assert both["float"] < 0.8 * both["weights"]
 
 
 def test_layer_columns_reproduce_a_depthwise_and_a_strided_conv():
@@ -97,6 +134,20 @@ def test_gptq_on_a_model_lowers_unit_errors_and_the_kd_loss(resnet20_weights):
         s = layer.weight_quantizer.step(layer.weight)
         assert torch.allclose(layer.weight / s, (layer.weight / s).round(), atol=1e-3)
     assert isinstance(model.get_submodule("linear"), QuantLinear)
+
+
+def test_gptq_to_the_float_model_beats_the_weights_target_on_a_model(resnet20_weights):
+    calib = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for target in ("weights", "float"):
+        model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+        teacher = copy.deepcopy(model)
+        cfg = QuantConfig(
+            wbits=4, abits=3, calib_batch_size=16, recon_iters=0, kd_iters=0, gptq_target=target
+        )
+        report = quantize_(model, cfg, calib, teacher=teacher, progress=False)
+        losses[target] = report["stages"]["gptq"]["kd_loss"]
+    assert losses["float"] < 0.9 * losses["weights"]
 
 
 def test_pipeline_reports_the_gptq_stage(resnet20_weights):

@@ -61,6 +61,23 @@ def test_quantize_bakes_weights_and_reconstruction_lowers_block_error(resnet20_w
         assert layer.rounding is None
 
 
+def test_reconstruction_after_gptq_aims_at_the_fp_model_not_the_rounded_one(resnet20_weights):
+    # 3-bit weights, 8-bit activations: measured against the FP model, each block's error before
+    # reconstruction is mostly weight error; against the GPTQ-rounded model it would be the small
+    # activation error alone. The first block's input is the same in both, so its "before" must
+    # be the error of its rounded weights, as GPTQ measured it.
+    torch.manual_seed(0)
+    model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+    fp = copy.deepcopy(model)
+    cfg = QuantConfig(wbits=3, abits=8, calib_batch_size=32, gptq_images=32, kd_iters=0)
+    cfg = replace(cfg, recon_iters=2, recon_batch_size=16)
+    calib = torch.randn(32, 3, 32, 32)
+    report = quantize_(model, cfg, calib, teacher=fp, progress=False)
+    gptq_after = report["stages"]["gptq"]["unit_losses"]["layer1.0"][1]
+    rec_before = report["stages"]["reconstruct"]["block_losses"]["layer1.0"][0]
+    assert rec_before > 0.5 * gptq_after > 0
+
+
 @pytest.mark.parametrize(
     "name, size",
     [
