@@ -230,41 +230,32 @@ def gptq(
     output on its own inputs (asymmetric calibration, the fit damped by `fit_damp`); without,
     each unit's output with float weights on the quantized inputs."""
     qmodel.eval()
-    images = images[:max_images]
+    images, bs = images[:max_images], batch_size
     names = units(qmodel)
     losses, kept_nearest, skipped = {}, [], []
     with StepBar(len(names), "gptq", enabled=progress) as bar:
         for name in names:
             bar.step(1, name)
             block = qmodel.get_submodule(name)
-            x = capture(qmodel, name, images, batch_size)
-            layers = [m for m in unit_layers(block) if m.weight_quantizer.enabled]
-            fp = None
-            if fpmodel is not None and x is not None:
-                fp_block = fpmodel.get_submodule(name)
-                x_fp = capture(fpmodel, name, images, batch_size)
-                fp_layers = dict(zip(unit_layers(block), unit_layers(fp_block), strict=True))
-                if x_fp is None or x_fp.shape != x.shape:
-                    x = None
-            if x is None or not layers:
+            x = capture(qmodel, name, images, bs)
+            every = unit_layers(block)
+            layers = [m for m in every if m.weight_quantizer.enabled]
+            ref = None if fpmodel is None or x is None else _Reference(fpmodel, name, images, bs)
+            if x is None or not layers or (ref is not None and ref.x.shape != x.shape):
                 skipped.append(name)
                 continue
-            if fpmodel is None:
-                y = _float_output(block, x, batch_size)
-            else:
-                y = torch.cat([fp_block(b) for b in x_fp.split(batch_size)])
-            before = unit_loss(block, x, y, batch_size, amp=False)
+            y = _float_output(block, x, bs) if ref is None else ref.output(bs)
+            before = unit_loss(block, x, y, bs, amp=False)
             saved = [(m.weight.clone(), None if m.bias is None else m.bias.clone()) for m in layers]
             try:
                 for layer in layers:
-                    if fpmodel is not None:
-                        fp = (fp_block, fp_layers[layer], x_fp)
-                    acc = layer_hessian(block, layer, x, batch_size, fp)
+                    fp = None if ref is None else (ref.block, ref.layers[every.index(layer)], ref.x)
+                    acc = layer_hessian(block, layer, x, bs, fp)
                     if acc is not None:
                         gptq_layer(layer, acc.value(), damp, acc.cross_value(), fit_damp)
             except ValueError:
                 skipped.append(name)
-            after = unit_loss(block, x, y, batch_size, amp=False)
+            after = unit_loss(block, x, y, bs, amp=False)
             if after > before:
                 for m, (w, b) in zip(layers, saved, strict=True):
                     m.weight.copy_(w)
@@ -274,6 +265,21 @@ def gptq(
                 after = before
             losses[name] = [before, after]
     return {"unit_losses": losses, "kept_nearest": kept_nearest, "skipped": skipped}
+
+
+class _Reference:
+    """A unit of the FP model (every quantizer off): its input on the images, and its layers in
+    the order of `unit_layers`."""
+
+    def __init__(self, fpmodel: nn.Module, name: str, images: torch.Tensor, bs: int) -> None:
+        self.block = fpmodel.get_submodule(name)
+        self.layers = unit_layers(self.block)
+        x = capture(fpmodel, name, images, bs)
+        self.x = x if x is not None else torch.empty(0)
+
+    @torch.no_grad()
+    def output(self, bs: int) -> torch.Tensor:
+        return torch.cat([self.block(b) for b in self.x.split(bs)])
 
 
 @torch.no_grad()
