@@ -24,6 +24,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from dfq.quant.ranges import forward_all
+
 ADDS = (operator.add, operator.iadd, torch.add)
 MAX_SCALE = 100.0
 
@@ -155,12 +157,7 @@ def equalize_streams(model: nn.Module, batches: list[torch.Tensor]) -> list[dict
                 ranges[name] = x if name not in ranges else torch.maximum(ranges[name], x)
 
             handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_all(model, batches, handles)
     report = []
     for stream in streams:
         readers = [model.get_submodule(n) for n in stream.readers]

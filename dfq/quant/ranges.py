@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from dfq.quant.quantizer import Quantizer
 
@@ -75,13 +76,21 @@ def observe(
                 lambda _m, _inp, out, name=name: record(seen_out, name, out), prepend=True
             )
         )
+    forward_all(model, batches, handles)
+    return seen_in, seen_out
+
+
+@torch.no_grad()
+def forward_all(
+    model: nn.Module, batches: list[torch.Tensor], handles: list[RemovableHandle]
+) -> None:
+    """Run every batch through `model` for what its hooks record; the hooks are removed after."""
     try:
         for x in batches:
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return seen_in, seen_out
 
 
 def _fake(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
