@@ -23,9 +23,9 @@ class ExportConfig:
             onnxruntime's CPU provider has no int4 convolution, the int8-container graph is fast.
         check: run onnx.checker and compare onnxruntime with PyTorch after writing.
         check_images: how many calibration images the comparison uses.
-        tolerance: allowed deviation of an image's logits, in output quantization steps, unless
-            onnxruntime's own spread between its fused kernels and its reference execution of
-            the same graph is larger (see `dfq.export.check.runtime_spread`).
+        tolerance: allowed deviation of an image's logits, in output quantization steps, beyond
+            how far each implementation's own rounding takes it from exact arithmetic (see
+            `dfq.export.check.check_against_torch`).
         min_agreement: share of the checked images whose onnxruntime and PyTorch argmax must agree.
         min_within: share of the checked images that must deviate by at most `tolerance` steps.
             Both shares are near 1: the check decides by the worst images, not the median one.
