@@ -250,9 +250,9 @@ def check_against_torch(
     move the logits by tens of steps and flip an argmax (so does any other correct arithmetic);
     a broken layer moves many values on every image. Likewise the argmax agreement needed is
     lowered by the share of argmax changes each implementation's noise makes (a model whose top
-    classes are that close is reported in the stats). The failure names where
-    PyTorch and onnxruntime part ways. onnxruntime gets `threads` intra-op threads, by default as
-    many as PyTorch uses (what `--threads` sets).
+    classes are that close is reported in the stats). The failure names where PyTorch and
+    onnxruntime part ways. onnxruntime gets `threads` intra-op threads, by default as many as
+    PyTorch uses (what `--threads` sets).
     """
     threads = threads or torch.get_num_threads()
     reference, _ = _torch_outputs(model, images)
