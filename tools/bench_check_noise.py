@@ -27,7 +27,7 @@ import onnxruntime as ort
 import torch
 
 from dfq.calibration import load_calibration
-from dfq.export.check import _activation_dqs, _per_image, _with_outputs, output_step
+from dfq.export.check import activation_dqs, output_step, per_image, session_with_outputs
 from dfq.export.runtime import onnx_predictor, open_session, session_options
 from dfq.export.trace import INPUT_NAME
 from dfq.quant.saved import load_quantized
@@ -51,7 +51,7 @@ def pairs(logits: dict[str, torch.Tensor], step: float) -> list[dict]:
     rows, names = [], list(logits)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            dev, agree = _per_image(logits[a], logits[b], step)
+            dev, agree = per_image(logits[a], logits[b], step)
             rows.append(
                 {
                     "pair": f"{a} vs {b}",
@@ -69,7 +69,7 @@ def first_ties(model, path: Path, images: torch.Tensor, which: list[int]) -> lis
     """For each image in `which`: the first quantizer whose codes differ between onnxruntime's
     reference run and PyTorch float64, and how far its differing values were from a tie."""
     proto = onnx.load(str(path))
-    dqs = _activation_dqs(proto, model)
+    dqs = activation_dqs(proto, model)
     exact = copy.deepcopy(model).eval().double()
     tags = sorted({t for _, t in dqs})
     ins: dict[str, list] = {t: [] for t in tags}
@@ -88,7 +88,7 @@ def first_ties(model, path: Path, images: torch.Tensor, which: list[int]) -> lis
     for h in handles:
         h.remove()
     with tempfile.TemporaryDirectory() as tmp:
-        sess = _with_outputs(proto, [n.output[0] for n, _ in dqs], Path(tmp))
+        sess = session_with_outputs(proto, [n.output[0] for n, _ in dqs], Path(tmp))
         got = sess.run([n.output[0] for n, _ in dqs], {INPUT_NAME: sel.float().numpy()})
     rows = []
     for j, img in enumerate(which):
@@ -160,7 +160,7 @@ def main() -> None:
     path = args.run / "model.onnx"
     logits = executions(model, path, images, args.threads)
     step = output_step(logits["torch-f32"])
-    dev, _ = _per_image(logits["torch-f64"], logits["ort-reference"], step)
+    dev, _ = per_image(logits["torch-f64"], logits["ort-reference"], step)
     which = [int(i) for i in torch.nonzero(dev > 1).flatten()[: args.trace]]
     report = {
         "run": str(args.run),

@@ -41,7 +41,7 @@ def output_step(logits: torch.Tensor) -> float:
     return float(logits.max() - logits.min()) / 255 or 1.0
 
 
-def _per_image(
+def per_image(
     reference: torch.Tensor, got: torch.Tensor, step: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's largest deviation in steps (NaN stays NaN) and whether its argmax agrees."""
@@ -52,7 +52,7 @@ def compare(
     reference: torch.Tensor, got: torch.Tensor, step: float, tolerance: float = 1.0
 ) -> dict:
     """Deviation statistics in units of `step`, and argmax agreement."""
-    dev, agree = _per_image(reference, got, step)
+    dev, agree = per_image(reference, got, step)
     return {
         "images": len(reference),
         "step": round(step, 6),
@@ -90,7 +90,7 @@ def _torch_outputs(
     return logits, seen
 
 
-def _activation_dqs(proto: onnx.ModelProto, model: nn.Module) -> list[tuple[onnx.NodeProto, str]]:
+def activation_dqs(proto: onnx.ModelProto, model: nn.Module) -> list[tuple[onnx.NodeProto, str]]:
     """Activation DequantizeLinear nodes in graph order, with the quantizer (module name) each ends.
 
     `{tag}/DQ` is where a quantizer's output is complete; `{tag}/DQ8` of a narrow grid comes
@@ -110,7 +110,9 @@ def _activation_dqs(proto: onnx.ModelProto, model: nn.Module) -> list[tuple[onnx
     return out
 
 
-def _with_outputs(proto: onnx.ModelProto, names: list[str], tmp: Path) -> ort.InferenceSession:
+def session_with_outputs(
+    proto: onnx.ModelProto, names: list[str], tmp: Path
+) -> ort.InferenceSession:
     """An unoptimized session of a copy of `proto` that also returns the tensors `names`."""
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
@@ -159,10 +161,10 @@ def first_diverging_node(
     steps), the fused integer kernels are the cause.
     """
     proto = onnx.load(str(path))
-    dqs = _activation_dqs(proto, model)
+    dqs = activation_dqs(proto, model)
     reference, seen = _torch_outputs(model, images, sorted({tag for _, tag in dqs}))
     with tempfile.TemporaryDirectory() as tmp:
-        sess = _with_outputs(proto, [n.output[0] for n, _ in dqs], Path(tmp))
+        sess = session_with_outputs(proto, [n.output[0] for n, _ in dqs], Path(tmp))
         names = [OUTPUT_NAME] + [n.output[0] for n, _ in dqs]
         got = sess.run(names, {INPUT_NAME: images.detach().float().cpu().numpy()})
     inits = {
@@ -182,7 +184,7 @@ def first_diverging_node(
                 f"first diverging node: {node.name} ({node.op_type}), {100 * share:.1f}% of "
                 f"its values off by more than one step"
             )
-    dev, agree = _per_image(reference, torch.from_numpy(got[0]).float(), output_step(reference))
+    dev, agree = per_image(reference, torch.from_numpy(got[0]).float(), output_step(reference))
     if bool((dev <= tolerance).all() and agree.all()):
         return (
             f"no quantizer output of {len(dqs)} diverges and the unoptimized graph agrees: "
@@ -213,7 +215,7 @@ def runtime_spread(
 
 
 def _spread(a: torch.Tensor, b: torch.Tensor, step: float, share: float) -> tuple[float, float]:
-    dev, agree = _per_image(a, b, step)
+    dev, agree = per_image(a, b, step)
     return float(torch.quantile(dev.nan_to_num(float("inf")), share)), float(
         1.0 - agree.float().mean()
     )
@@ -263,7 +265,7 @@ def check_against_torch(
     allowed = cfg.tolerance + spread + own
     needed = cfg.min_agreement - ort_flips - torch_flips
     stats = compare(reference, got, step, cfg.tolerance)
-    dev, agree = _per_image(reference, got, step)
+    dev, agree = per_image(reference, got, step)
     ok_dev = dev <= allowed  # NaN compares False
     agreement, within = float(agree.float().mean()), float(ok_dev.float().mean())
     stats.update(
