@@ -23,11 +23,16 @@ import tempfile
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 import torch
 
 from dfq.calibration import load_calibration
-from dfq.export.check import activation_dqs, output_step, per_image, session_with_outputs
+from dfq.export.check import (
+    activation_dqs,
+    exact_logits,
+    output_step,
+    per_image,
+    session_with_outputs,
+)
 from dfq.export.runtime import onnx_predictor, open_session, session_options
 from dfq.export.trace import INPUT_NAME
 from dfq.quant.saved import load_quantized
@@ -37,13 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @torch.no_grad()
 def executions(model, path: Path, images: torch.Tensor, threads: int) -> dict[str, torch.Tensor]:
-    unopt = session_options(threads)
-    unopt.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    def ort_run(optimize: bool) -> torch.Tensor:
+        opts = session_options(threads, optimize=optimize)
+        return onnx_predictor(open_session(path, options=opts))(images)
+
     return {
         "torch-f32": model.eval()(images).float(),
-        "torch-f64": copy.deepcopy(model).eval().double()(images.double()).float(),
-        "ort-fused": onnx_predictor(open_session(path, options=session_options(threads)))(images),
-        "ort-reference": onnx_predictor(open_session(path, options=unopt))(images),
+        "torch-f64": exact_logits(model, images),
+        "ort-fused": ort_run(True),
+        "ort-reference": ort_run(False),
     }
 
 

@@ -122,9 +122,7 @@ def session_with_outputs(
     )
     path = tmp / "diagnose.onnx"
     onnx.save(copy, str(path))
-    opts = session_options()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return open_session(path, options=opts)
+    return open_session(path, options=session_options(optimize=False))
 
 
 def _off_share(ref: torch.Tensor, got: np.ndarray, step: torch.Tensor) -> float:
@@ -208,8 +206,7 @@ def runtime_spread(
     float32) execution of the same graph: the deviation in output steps that `share` of the
     images stay within, and the share of images whose argmax changes. Both execute the exported
     graph, so this is onnxruntime's rounding noise whatever PyTorch computes."""
-    opts = session_options(threads)
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts = session_options(threads, optimize=False)
     reference = onnx_predictor(open_session(path, options=opts))(images)
     return _spread(reference, fused, step, share)
 
@@ -222,15 +219,19 @@ def _spread(a: torch.Tensor, b: torch.Tensor, step: float, share: float) -> tupl
 
 
 @torch.no_grad()
+def exact_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`model`'s logits evaluated in float64 (its arithmetic made exact for the check: float32
+    sums, scale products and divisions round where float64 does not), returned as float32."""
+    return copy.deepcopy(model).eval().double()(images.double()).float()
+
+
 def torch_spread(
     model: nn.Module, images: torch.Tensor, logits: torch.Tensor, step: float, share: float
 ) -> tuple[float, float]:
-    """How far PyTorch's float32 fake-quant model strays from its exact evaluation, the same model
-    in float64 (float32 sums, scale products and divisions round where float64 does not): the
-    deviation in output steps `share` of the images stay within, and the share whose argmax
-    changes."""
-    exact = copy.deepcopy(model).eval().double()(images.double()).float()
-    return _spread(exact, logits, step, share)
+    """How far PyTorch's float32 fake-quant model strays from its exact evaluation
+    (`exact_logits`): the deviation in output steps `share` of the images stay within, and the
+    share whose argmax changes."""
+    return _spread(exact_logits(model, images), logits, step, share)
 
 
 def check_against_torch(

@@ -22,10 +22,18 @@ INTEGER_CONVS = ("QLinearConv", "ConvInteger")
 
 
 def session_options(
-    threads: int | None = None, optimized_path: str | Path | None = None, profile: bool = False
+    threads: int | None = None,
+    optimized_path: str | Path | None = None,
+    profile: bool = False,
+    optimize: bool = True,
 ) -> ort.SessionOptions:
+    """`optimize=False`: onnxruntime's reference execution, every node as written (no fusion)."""
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
