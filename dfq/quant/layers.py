@@ -38,8 +38,9 @@ class QuantMixin:
     rounding: nn.Module | None  # set only while reconstructing (AdaRound soft bits)
 
     def _init_quant(self, wbits: int, abits: int | None, input_signed: bool) -> None:
-        self.weight_quantizer = Quantizer(wbits, True, 0, self.weight.shape[0])
-        self.input_quantizer = None if abits is None else Quantizer(abits, input_signed)
+        dev = self.weight.device
+        self.weight_quantizer = Quantizer(wbits, True, 0, self.weight.shape[0]).to(dev)
+        self.input_quantizer = None if abits is None else Quantizer(abits, input_signed).to(dev)
         self.output_quantizer = None
         self.rounding = None
 

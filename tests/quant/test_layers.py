@@ -103,3 +103,16 @@ def test_save_and_reload_gives_the_same_outputs(tmp_path):
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), back(x))
+
+
+def test_quantizers_are_made_on_the_device_of_the_layer():
+    # On a GPU run the quantizers were made on the CPU beside CUDA weights (the first CUDA run
+    # failed there); the meta device stands in for a second device on a machine without one.
+    conv = nn.Conv2d(3, 8, 3, device="meta")
+    lin = nn.Linear(6, 4, device="meta")
+    for q in (
+        QuantConv2d.from_float(conv, wbits=4, abits=4, input_signed=True),
+        QuantLinear.from_float(lin, wbits=4, abits=8, input_signed=False),
+    ):
+        for quantizer in (q.weight_quantizer, q.input_quantizer):
+            assert quantizer.scale.device.type == "meta"
