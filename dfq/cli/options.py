@@ -240,19 +240,28 @@ param = click.option(
 def _sets(
     ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 ) -> dict[str, dict[str, Any]]:
-    """`synth.iters=40` items as {section: {key: value}}, each value read as YAML."""
+    """`synth.iters=40` items as {section: {key: value}}, each value read as YAML; a nested
+    section's key takes one more name (`synth.rdskd.iters=40`)."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, raw = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not (eq and dot and section and name and raw.strip()):
+        section, *names = key.strip().split(".")
+        if not (eq and section and names and all(names) and raw.strip()):
             raise click.BadParameter(
                 f"expected SECTION.KEY=VALUE such as synth.iters=40, got '{item}'"
             )
         try:
-            out.setdefault(section, {})[name] = _yaml_value(raw)
+            value = _yaml_value(raw)
         except yaml.YAMLError:
             raise click.BadParameter(f"the value in '{item}' is not valid YAML") from None
+        into = out.setdefault(section, {})
+        for name in names[:-1]:
+            into = into.setdefault(name, {})
+            if not isinstance(into, dict):
+                raise click.BadParameter(
+                    f"'{item}' sets a key inside '{name}', which another --set made a plain value"
+                )
+        into[names[-1]] = value
     return out
 
 
@@ -270,9 +279,9 @@ set_values = click.option(
     multiple=True,
     callback=_sets,
     metavar="SECTION.KEY=VALUE",
-    help="Change one recipe value, e.g. --set synth.iters=40 --set quant.kd_iters=0 (VALUE is "
-    "YAML: numbers, true/false, [lists]). Repeatable; wins over --recipe, loses to the "
-    "command's own options.",
+    help="Change one recipe value, e.g. --set synth.iters=40 --set quant.kd_iters=0 or, in a "
+    "nested section, --set synth.rdskd.iters=80 (VALUE is YAML: numbers, true/false, [lists]). "
+    "Repeatable; wins over --recipe, loses to the command's own options.",
 )
 
 

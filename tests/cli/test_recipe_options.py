@@ -137,12 +137,34 @@ def test_unknown_set_key_is_one_line_with_a_suggestion(item, message):
 
 
 @pytest.mark.parametrize(
-    "item", ["iters=3", "synth.iters", "synth.iters=", ".iters=3", "synth.=3", "synth.betas=[0.5"]
+    "item",
+    [
+        "iters=3",
+        "synth.iters",
+        "synth.iters=",
+        ".iters=3",
+        "synth.=3",
+        "synth.betas=[0.5",
+        "synth.rdskd..iters=3",
+    ],
 )
 def test_malformed_set_is_a_usage_error(item):
     res = run(*QUANTIZE, "--set", item)
     assert res.exit_code == 2
     assert "Invalid value for '--set'" in res.stderr and "Traceback" not in res.output
+
+
+def test_set_reaches_into_a_nested_section_and_keeps_its_other_values(record_quantize):
+    cifar = load_recipe("cifar")["synth"]["rdskd"]
+    res = run(*QUANTIZE, "--method", "rdskd", "--set", "synth.rdskd.entropy_weight=5")
+    assert res.exit_code == 0, res.output
+    rdskd = record_quantize["synth_cfg"].rdskd
+    assert rdskd.entropy_weight == 5
+    assert rdskd.iters == cifar["iters"] and rdskd.lr_generator == cifar["lr_generator"]
+    res = run(*QUANTIZE, "--set", "synth.rdskd.entropy_wieght=5")
+    assert res.exit_code == 2
+    assert "unknown key 'entropy_wieght' in synth.rdskd" in res.stderr
+    assert "did you mean 'entropy_weight'?" in res.stderr
 
 
 def test_bad_set_value_is_refused_by_the_config(record_quantize):
