@@ -156,10 +156,10 @@ def test_malformed_set_is_a_usage_error(item):
 
 def test_set_reaches_into_a_nested_section_and_keeps_its_other_values(record_quantize):
     cifar = load_recipe("cifar")["synth"]["rdskd"]
-    res = run(*QUANTIZE, "--method", "rdskd", "--set", "synth.rdskd.entropy_weight=5")
+    res = run(*QUANTIZE, "--method", "rdskd", "--set", "synth.rdskd.entropy_weight=2.5")
     assert res.exit_code == 0, res.output
     rdskd = record_quantize["synth_cfg"].rdskd
-    assert rdskd.entropy_weight == 5
+    assert rdskd.entropy_weight == 2.5
     assert rdskd.iters == cifar["iters"] and rdskd.lr_generator == cifar["lr_generator"]
     res = run(*QUANTIZE, "--set", "synth.rdskd.entropy_wieght=5")
     assert res.exit_code == 2
