@@ -26,6 +26,7 @@ from dfq.calibration import CalibrationReader, CalibrationSet
 from dfq.calibration.formats import load_calibration, save_calibration
 from dfq.data import ImageSet, load_images
 from dfq.evaluate import evaluate
+from dfq.export.runtime import session_options
 from dfq.models import load_model
 from dfq.quant.quant_config import QuantConfig
 from dfq.run.quantized_student import quantized_student
@@ -87,10 +88,7 @@ def ort_quantize(fp: Path, out: Path, calib: CalibrationSet, scheme: str = "S8S8
 def ort_top1(path: Path, cfg, tests: dict, optimize: bool = True) -> dict:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = torch.get_num_threads()
+    opts = session_options(torch.get_num_threads(), optimize=optimize)
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def predict(x: torch.Tensor) -> torch.Tensor:
