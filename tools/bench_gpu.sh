@@ -4,8 +4,11 @@
 # git-ignored folder DATA that travels with the call (carry):
 #   DATA/cifar10-resnet20.th  DATA/cifar10-test-lossless-846.npz  DATA/imagenet-efficientnet-lite0.pth
 #
-#   bash tools/bench_gpu.sh e2e DATA          # resnet20 --bits 4, then Lite0 --bits 4 (GPU recipe),
-#                                             # then --bits 8 and W4A8 on its set, while time is left
+#   bash tools/bench_gpu.sh e2e DATA          # resnet20 --bits 4, then Lite0 --bits 4, then --bits 8
+#                                             # and W4A8 on its set, while time is left. Lite0 takes
+#                                             # --recipe $LITE0_RECIPE (default imagenet-cpu: the GPU
+#                                             # recipe's synthesis alone runs ~24 min on an H200,
+#                                             # past a device call's 10; LITE0_RECIPE=imagenet for it)
 #   bash tools/bench_gpu.sh forward           # bare Lite0 forward+backward, batch 32: fp32 / bf16,
 #                                             # contiguous / channels_last
 #   bash tools/bench_gpu.sh synth-parts DATA  # 100 synthesis steps of one Lite0 batch, parts removed
@@ -24,6 +27,7 @@ T0=$(date +%s)
 DEADLINE=$((T0 + ${BUDGET_S:-555}))
 left() { echo $((DEADLINE - $(date +%s))); }
 LITE0="timm:tf_efficientnet_lite0 --weights $W/imagenet-efficientnet-lite0.pth"
+LITE0_RECIPE=${LITE0_RECIPE:-imagenet-cpu}
 
 e2e() {
   local L=/tmp/logs
@@ -51,7 +55,8 @@ e2e() {
   # A crash (not a timeout) on the small model ends the call early, leaving device time to rerun.
   if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then return; fi
   s=$(date +%s)
-  timeout $(($(left) - 20)) python3 -m dfq quantize $LITE0 --bits 4 --out /tmp/l4 >$L/l4.log 2>&1
+  timeout $(($(left) - 20)) python3 -m dfq quantize $LITE0 --recipe "$LITE0_RECIPE" --bits 4 \
+    --out /tmp/l4 >$L/l4.log 2>&1
   echo "l4 rc=$? wall=$(($(date +%s) - s))" >>$L/gpu.txt
   pack
   [ -f /tmp/l4/model.onnx ] && cp /tmp/l4/model.onnx "$OUT/l4.onnx"
@@ -61,7 +66,8 @@ e2e() {
     [ "$(left)" -gt 90 ] || break
     s=$(date +%s)
     # shellcheck disable=SC2086
-    timeout $(($(left) - 15)) python3 -m dfq quantize $LITE0 $opts --calib /tmp/l4/calibration.npz \
+    timeout $(($(left) - 15)) python3 -m dfq quantize $LITE0 --recipe "$LITE0_RECIPE" $opts \
+      --calib /tmp/l4/calibration.npz \
       --out /tmp/$d >$L/$d.log 2>&1
     echo "$d rc=$? wall=$(($(date +%s) - s))" >>$L/gpu.txt
     pack
