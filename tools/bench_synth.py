@@ -26,7 +26,7 @@ from dfq.calibration import CalibrationReader, CalibrationSet
 from dfq.calibration.formats import load_calibration, save_calibration
 from dfq.data import ImageSet, load_images
 from dfq.evaluate import evaluate
-from dfq.export.runtime import session_options
+from dfq.export.runtime import onnx_predictor, open_session, session_options
 from dfq.models import load_model
 from dfq.quant.quant_config import QuantConfig
 from dfq.run.quantized_student import quantized_student
@@ -86,14 +86,8 @@ def ort_quantize(fp: Path, out: Path, calib: CalibrationSet, scheme: str = "S8S8
 
 
 def ort_top1(path: Path, cfg, tests: dict, optimize: bool = True) -> dict:
-    import onnxruntime as ort
-
     opts = session_options(torch.get_num_threads(), optimize=optimize)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
-
+    predict = onnx_predictor(open_session(path, ["CPUExecutionProvider"], opts))
     return {
         k: evaluate(predict, v, cfg, batch_size=500, show_progress=False)["top1"]
         for k, v in tests.items()

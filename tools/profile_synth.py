@@ -12,6 +12,7 @@ under torch.profiler, its ops sorted by device time (CUDA) or CPU time, into OUT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import replace
@@ -27,25 +28,31 @@ from dfq.run.recipe import quant_config, recipe_choice, synth_config
 from dfq.synth import synthesize
 
 
-def timed_run(model, cfg, dc, qcfg, device: str) -> float:
-    """Seconds of synthesis for one round of `cfg.batch_size` images (student made beforehand)."""
+def one_batch(base, batch: int, steps: int):
+    """The recipe cut to one round of `batch` images and `steps` steps, without retries."""
+    return replace(base, num_images=batch, batch_size=batch, iters=steps, max_retries=0)
+
+
+def run_synthesis(model, cfg, dc, qcfg, device: str, around=contextlib.nullcontext):
+    """`synthesize` as `dfq quantize` calls it (student made first, outside `around`); the
+    seconds spent inside `around()`, the device synchronized at both ends."""
     student = quantized_student(model, qcfg, dc, cfg.seed, device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    synthesize(model, cfg, dc, student=student, progress=False, device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    with around():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        synthesize(model, cfg, dc, student=student, progress=False, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
-def profile_run(model, cfg, dc, qcfg, device: str, rows: int) -> str:
+def profile_table(model, cfg, dc, qcfg, device: str, rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    student = quantized_student(model, qcfg, dc, cfg.seed, device)
-    with profile(activities=acts) as prof:
-        synthesize(model, cfg, dc, student=student, progress=False, device=device)
+    prof = profile(activities=acts)
+    run_synthesis(model, cfg, dc, qcfg, device, lambda: prof)
     key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
@@ -77,10 +84,9 @@ def main() -> None:
     if device == "cuda":
         results["gpu"] = torch.cuda.get_device_name()
     for i, b in enumerate(sizes):
-        cfg = replace(base, num_images=b, batch_size=b, iters=args.steps, max_retries=0)
         if i == 0:  # warm-up: kernels chosen, memory pools filled
-            timed_run(model, replace(cfg, iters=min(5, args.steps)), dc, qcfg, device)
-        sec = timed_run(model, cfg, dc, qcfg, device)
+            run_synthesis(model, one_batch(base, b, min(5, args.steps)), dc, qcfg, device)
+        sec = run_synthesis(model, one_batch(base, b, args.steps), dc, qcfg, device)
         run = {
             "batch_size": b,
             "steps": args.steps,
@@ -92,8 +98,8 @@ def main() -> None:
         print(json.dumps(run), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if args.profile:
-        cfg = replace(base, num_images=sizes[0], batch_size=sizes[0], iters=args.steps)
-        table = profile_run(model, replace(cfg, max_retries=0), dc, qcfg, device, args.rows)
+        cfg = one_batch(base, sizes[0], args.steps)
+        table = profile_table(model, cfg, dc, qcfg, device, args.rows)
         (out / "profile.txt").write_text(table)
         print(table)
 
