@@ -1,11 +1,12 @@
 """`prepare_for_export`: give the convolutions onnxruntime could not fuse an 8-bit output quantizer.
 
 onnxruntime turns DQ -> Conv -> Q into QLinearConv only when a QuantizeLinear directly follows the
-conv (a ReLU in between is dropped when the Q's zero point is its minimum). A conv whose output
-feeds a residual Add, a pooling layer, or a ReLU that also feeds the shortcut has no such Q, so it
-would run in float. Those layers get `output_quantizer`: unsigned 8-bit when a ReLU is the only
-consumer (a Q at zero point 0 equals ReLU then Q), signed 8-bit otherwise, calibrated on calibration
-images.
+conv (a ReLU in between is dropped when the Q's zero point is its minimum; a ReLU6 Clip when the
+Q's range lies inside it, which the exporter arranges itself: `dfq.export.clips`). A conv whose
+output feeds a residual Add, a pooling layer, or a ReLU that also feeds the shortcut has no such Q,
+so it would run in float. Those layers get `output_quantizer`: unsigned 8-bit when a ReLU or ReLU6
+is the only consumer (a Q at zero point 0 equals ReLU then Q; for ReLU6 its range ends at 6 at
+most), signed 8-bit otherwise, calibrated on calibration images.
 The residual stream is already quantized where it enters each block (`dfq.quant.insert`), so a
 residual Add has two dequantized operands once the conv before it has its output quantizer; a
 block whose output reaches no quantizer (the last one before pooling) gets an 8-bit output
@@ -20,13 +21,15 @@ import onnx
 import torch
 from torch import nn
 
-from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, trace_graph
+from dfq.export.clips import cap_clipped_ranges, clip_bounds, inside, is_marker, marker_tag
+from dfq.export.trace import trace_graph
 from dfq.quant.attached import attach_quantizer, attached_quantizers
 from dfq.quant.layers import QuantConv2d, quant_layers
 from dfq.quant.quantizer import MIN_SCALE, Quantizer, all_quantizers
 from dfq.quant.ranges import InputStats, init_act_scale, observe
 
 OUTPUT_BITS = 8
+OUTPUT_INIT = "mse"  # range init of the output quantizers (dfq.quant.ranges.init_act_scale)
 INT32_MAX = 2**31 - 1
 BIAS_CODE_LIMIT = 2**30  # headroom below INT32_MAX for float32 rounding of the step
 
@@ -39,49 +42,53 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
-def _is_marker(node: onnx.NodeProto) -> bool:
-    return node.domain == MARKER_DOMAIN and node.op_type == MARKER_OP
-
-
-def _tag(node: onnx.NodeProto) -> str:
-    return next(a.s.decode() for a in node.attribute if a.name == "tag")
-
-
-def unfused_layers(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, bool]:
-    """Quantized convs that need an output quantizer, each with whether it must be signed."""
+def unfused_layers(
+    model: nn.Module, input_size: tuple[int, ...]
+) -> dict[str, tuple[bool, float | None]]:
+    """Quantized convs that need an output quantizer, each with whether it must be signed and
+    the upper bound of a Clip (ReLU6) it feeds (its range is capped there), if any."""
     proto, found = trace_graph(model, input_size, 13)
     graph = proto.graph
     producers = {o: n for n in graph.node for o in n.output}
     consumers = _consumers(graph)
-    need: dict[str, bool] = {}
+    need: dict[str, tuple[bool, float | None]] = {}
     for node in graph.node:
         if node.op_type != "Conv":
             continue
         w = producers.get(node.input[1])
         x = producers.get(node.input[0])
-        if not (w and x and _is_marker(w) and _is_marker(x)):
+        if not (w and x and is_marker(w) and is_marker(x)):
             continue  # weight or input not quantized: no QLinearConv to aim for
-        layer = _tag(w).rsplit(".", 1)[0]
+        layer = marker_tag(w).rsplit(".", 1)[0]
         module = model.get_submodule(layer)
         if not isinstance(module, QuantConv2d) or module.output_quantizer is not None:
             continue
-        signed = _needs_output_q(node.output[0], consumers, found)
-        if signed is not None:
-            need[layer] = signed
+        kind = _needs_output_q(node.output[0], consumers, found, graph)
+        if kind is not None:
+            need[layer] = kind
     return need
 
 
-def _needs_output_q(out: str, consumers: dict, found: dict) -> bool | None:
-    """None when a Q already follows (maybe past a droppable ReLU); else the signedness to add."""
+def _needs_output_q(
+    out: str, consumers: dict, found: dict, graph: onnx.GraphProto
+) -> tuple[bool, float | None] | None:
+    """None when a Q already follows (maybe past a droppable ReLU, or a Clip the Q makes
+    redundant, `dfq.export.clips`); else (signed, cap) of the output quantizer to add."""
     users = consumers.get(out, [])
-    if len(users) == 1 and _is_marker(users[0]):
+    if len(users) == 1 and is_marker(users[0]):
         return None
     if len(users) == 1 and users[0].op_type == "Relu":
         after = consumers.get(users[0].output[0], [])
-        if len(after) == 1 and _is_marker(after[0]) and not found[_tag(after[0])].signed:
+        if len(after) == 1 and is_marker(after[0]) and not found[marker_tag(after[0])].signed:
             return None
-        return False
-    return True
+        return False, None
+    bounds = clip_bounds(users[0], graph) if len(users) == 1 else None
+    if bounds is not None and bounds[0] == 0:
+        after = consumers.get(users[0].output[0], [])
+        if len(after) == 1 and is_marker(after[0]) and inside(found[marker_tag(after[0])], bounds):
+            return None
+        return False, bounds[1]  # unsigned, at most the Clip's top: equals Clip then Q
+    return True, None
 
 
 def layer_input_quantizers(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Quantizer]:
@@ -96,8 +103,8 @@ def layer_input_quantizers(model: nn.Module, input_size: tuple[int, ...]) -> dic
             continue
         w = producers.get(node.input[1])
         x = input_marker(node.input[0], producers)
-        if w is not None and x is not None and _is_marker(w):
-            out[_tag(w).rsplit(".", 1)[0]] = found[_tag(x)]
+        if w is not None and x is not None and is_marker(w):
+            out[marker_tag(w).rsplit(".", 1)[0]] = found[marker_tag(x)]
     return out
 
 
@@ -107,7 +114,7 @@ def input_marker(tensor: str, producers: dict[str, onnx.NodeProto]) -> onnx.Node
     node = producers.get(tensor)
     while node is not None and node.op_type == "Pad":
         node = producers.get(node.input[0])
-    return node if node is not None and _is_marker(node) else None
+    return node if node is not None and is_marker(node) else None
 
 
 @torch.no_grad()
@@ -195,13 +202,31 @@ def prepare_for_export(
     input_size: tuple[int, ...] | None = None,
     batch_size: int = 64,
 ) -> list[str]:
-    """Attach and calibrate 8-bit output quantizers where onnxruntime needs a QuantizeLinear to
-    fuse (convs feeding an Add or pooling; residual blocks whose output feeds no quantizer), then
-    snap the biases to their int32 grid.
+    """Cap at 6 the ranges of quantizers reading a ReLU6 (`dfq.export.clips`), attach and
+    calibrate 8-bit output quantizers where onnxruntime needs a QuantizeLinear to fuse (convs
+    feeding an Add or pooling; residual blocks whose output feeds no quantizer), then snap the
+    biases to their int32 grid.
 
     Returns the layers and blocks that got an output quantizer. Idempotent: layers and blocks that
     already carry one are left alone, and a snapped bias stays where it is.
     """
+    input_size = input_size or tuple(calib.shape[1:])
+    cap_clipped_ranges(model, input_size)
+    added = attach_output_quantizers(model, calib, input_size, batch_size)
+    snap_biases(model, input_size)
+    return added
+
+
+@torch.no_grad()
+def attach_output_quantizers(
+    model: nn.Module,
+    calib: torch.Tensor,
+    input_size: tuple[int, ...] | None = None,
+    batch_size: int = 64,
+    init: str = OUTPUT_INIT,
+) -> list[str]:
+    """The first half of `prepare_for_export`: the 8-bit output quantizers, their ranges set by
+    `init` on `calib`, without touching the biases. Returns the layers and blocks that got one."""
     input_size = input_size or tuple(calib.shape[1:])
     need = unfused_layers(model, input_size)
     blocks = {
@@ -210,32 +235,39 @@ def prepare_for_export(
         if name not in attached_quantizers(model, "output")
     }
     if need or blocks:
-        _attach_output_quantizers(model, need, blocks, calib, batch_size)
-    snap_biases(model, input_size)
+        _attach_output_quantizers(model, need, blocks, calib, batch_size, init)
     return list(need) + list(blocks)
 
 
 def _attach_output_quantizers(
     model: nn.Module,
-    layers: dict[str, bool],
+    layers: dict[str, tuple[bool, float | None]],
     blocks: dict[str, bool],
     calib: torch.Tensor,
     batch_size: int,
+    init: str,
 ) -> None:
     names = list(layers) + list(blocks)
     _, stats = observe(model, [], list(calib.split(batch_size)), names)
-    for name, signed in layers.items():
+    for name, (signed, cap) in layers.items():
         layer = model.get_submodule(name)
-        layer.output_quantizer = _calibrated(signed, stats[name], layer.weight.device)
+        layer.output_quantizer = _calibrated(signed, stats[name], layer.weight.device, init, cap)
     for name, signed in blocks.items():
         device = next(model.parameters()).device
         attach_quantizer(
-            model.get_submodule(name), _calibrated(signed, stats[name], device), "output"
+            model.get_submodule(name), _calibrated(signed, stats[name], device, init), "output"
         )
 
 
-def _calibrated(signed: bool, stats: InputStats, device: torch.device) -> Quantizer:
+def _calibrated(
+    signed: bool, stats: InputStats, device: torch.device, init: str, cap: float | None = None
+) -> Quantizer:
+    """An 8-bit quantizer with its range set on the observed values; `cap`: the top of the Clip
+    it stands for (values above are clipped to it first, and the range ends there at most)."""
     q = Quantizer(OUTPUT_BITS, signed).to(device)
-    init_act_scale(q, stats.sample(), "mse")
+    sample = stats.sample()
+    init_act_scale(q, sample if cap is None else sample.clamp(max=cap), init)
+    if cap is not None and float(q.scale) * q.qmax > cap:
+        q.set_scale(cap / q.qmax)
     q.scale.requires_grad_(False)
     return q

@@ -14,6 +14,7 @@ from torch import nn
 
 from dfq.errors import DfqFailure
 from dfq.export.check import check_against_torch
+from dfq.export.clips import drop_redundant_clips
 from dfq.export.export_config import ExportConfig
 from dfq.export.metadata import describe, stamp
 from dfq.export.qdq import lower_markers
@@ -46,6 +47,7 @@ def export_onnx(
     data_config = data_config or DataConfig()
     path = Path(path)
     proto, found = trace_graph(model, data_config.input_size, cfg.opset)
+    drop_redundant_clips(proto, found)
     lower_markers(proto, found, int4=cfg.int4)
     stamp(proto, cfg.opset, data_config, describe(found))
     try:

@@ -89,3 +89,34 @@ class TinyBlockNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block2(self.block1(self.stem(x))).mean((2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    """A MobileNetV2-style block: 1x1 expansion and 3x3 depthwise conv, each with ReLU6, a linear
+    1x1 projection, and a shortcut adding the block's input."""
+
+    def __init__(self, c: int, expand: int = 2) -> None:
+        super().__init__()
+        e = c * expand
+        self.conv_pw = nn.Sequential(nn.Conv2d(c, e, 1), nn.BatchNorm2d(e), nn.ReLU6())
+        self.conv_dw = nn.Sequential(
+            nn.Conv2d(e, e, 3, padding=1, groups=e), nn.BatchNorm2d(e), nn.ReLU6()
+        )
+        self.conv_pwl = nn.Sequential(nn.Conv2d(e, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_pwl(self.conv_dw(self.conv_pw(x)))
+
+
+class TinyMobileNet(nn.Module):
+    """Stem and head with ReLU6 (the head's feeds the pooling), one inverted residual block."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.block = InvertedResidual(8)
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.block(self.stem(x))).mean((2, 3)))
