@@ -19,17 +19,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from dfq.export.trace import MARKER_DOMAIN, MARKER_OP, trace_graph
+from dfq.export.trace import consumers, is_marker, marker_tag, trace_graph
 
 RANGE_TOLERANCE = 1e-6  # relative: float32 rounding of hi / qmax * qmax
-
-
-def is_marker(node: onnx.NodeProto) -> bool:
-    return node.domain == MARKER_DOMAIN and node.op_type == MARKER_OP
-
-
-def marker_tag(node: onnx.NodeProto) -> str:
-    return next(a.s.decode() for a in node.attribute if a.name == "tag")
 
 
 def clip_bounds(node: onnx.NodeProto, graph: onnx.GraphProto) -> tuple[float, float] | None:
@@ -74,16 +66,13 @@ def redundant_clips(graph: onnx.GraphProto, found: dict[str, nn.Module]) -> list
     """The Clips of a traced graph (with markers) that an adjacent unsigned quantizer makes
     redundant: the Clip's only consumer is that quantizer, or its input is that quantizer's."""
     producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    readers = consumers(graph)
     out = []
     for node in graph.node:
         bounds = clip_bounds(node, graph)
         if bounds is None:
             continue
-        users = consumers.get(node.output[0], [])
+        users = readers.get(node.output[0], [])
         before = producers.get(node.input[0])
         after = users[0] if len(users) == 1 else None
         if any(

@@ -21,8 +21,8 @@ import onnx
 import torch
 from torch import nn
 
-from dfq.export.clips import cap_clipped_ranges, clip_bounds, inside, is_marker, marker_tag
-from dfq.export.trace import trace_graph
+from dfq.export.clips import cap_clipped_ranges, clip_bounds, inside
+from dfq.export.trace import consumers, is_marker, marker_tag, trace_graph
 from dfq.quant.attached import attach_quantizer, attached_quantizers
 from dfq.quant.layers import QuantConv2d, quant_layers
 from dfq.quant.quantizer import MIN_SCALE, Quantizer, all_quantizers
@@ -34,14 +34,6 @@ INT32_MAX = 2**31 - 1
 BIAS_CODE_LIMIT = 2**30  # headroom below INT32_MAX for float32 rounding of the step
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
 def unfused_layers(
     model: nn.Module, input_size: tuple[int, ...]
 ) -> dict[str, tuple[bool, float | None]]:
@@ -50,7 +42,7 @@ def unfused_layers(
     proto, found = trace_graph(model, input_size, 13)
     graph = proto.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consumers = _consumers(graph)
+    readers = consumers(graph)
     need: dict[str, tuple[bool, float | None]] = {}
     for node in graph.node:
         if node.op_type != "Conv":
@@ -63,7 +55,7 @@ def unfused_layers(
         module = model.get_submodule(layer)
         if not isinstance(module, QuantConv2d) or module.output_quantizer is not None:
             continue
-        kind = _needs_output_q(node.output[0], consumers, found, graph)
+        kind = _needs_output_q(node.output[0], readers, found, graph)
         if kind is not None:
             need[layer] = kind
     return need

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from dfq.errors import DfqError
-from dfq.export.trace import MARKER_DOMAIN, MARKER_OP
+from dfq.export.trace import MARKER_DOMAIN, is_marker, marker_tag
 from dfq.quant.quantizer import MIN_SCALE
 
 U8_SIGNED_ZP = 128
@@ -60,20 +60,16 @@ def _scale(q: nn.Module) -> np.ndarray:
     return q.scale.detach().float().clamp_min(MIN_SCALE).cpu().numpy().astype(np.float32)
 
 
-def _tag(node: onnx.NodeProto) -> str:
-    return next(a.s.decode() for a in node.attribute if a.name == "tag")
-
-
 def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: bool = False) -> None:
     """Replace every marker in place; afterwards the graph holds only standard ONNX operators."""
     graph = _Graph(model)
     new_nodes: list[onnx.NodeProto] = []
     grids: dict[str, tuple] = {}  # activation marker output -> its grid
     for node in graph.g.node:
-        if node.domain != MARKER_DOMAIN or node.op_type != MARKER_OP:
+        if not is_marker(node):
             new_nodes.append(node)
             continue
-        tag = _tag(node)
+        tag = marker_tag(node)
         q = found[tag]
         src, dst = node.input[0], node.output[0]
         if src in graph.inits:

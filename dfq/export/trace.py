@@ -28,6 +28,25 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+def is_marker(node: onnx.NodeProto) -> bool:
+    """Whether `node` is a quantizer marker of a traced graph."""
+    return node.domain == MARKER_DOMAIN and node.op_type == MARKER_OP
+
+
+def marker_tag(node: onnx.NodeProto) -> str:
+    """The module name of the quantizer a marker stands for."""
+    return next(a.s.decode() for a in node.attribute if a.name == "tag")
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes reading it."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 class _Marker(torch.autograd.Function):
     """Exports as one `dfq::Quant` node that carries the quantizer's module name."""
 
