@@ -122,10 +122,13 @@ def gptq_round(
     qmax: int,
     bias: torch.Tensor | None = None,
     damp: float = 0.01,
+    soft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Round `w` (groups, out, d) onto the grid `scale` (groups, out, 1) x [qmin, qmax] against
     `h` (groups, d', d'), d' = d + 1 with a `bias` (groups, out). Returns the rounded weights and
-    the compensated bias."""
+    the compensated bias; with `soft`, each weight as it was just before GPTQ rounded it (after
+    the earlier columns' errors were pushed onto it): nearest rounding of those gives the same
+    codes, and their fractions say how close each call was (where AdaRound can start)."""
     g, o, d = w.shape
     cols = torch.cat([w, bias[..., None]], dim=2) if bias is not None else w
     cols = cols.double()
@@ -142,12 +145,18 @@ def gptq_round(
     h = h.gather(2, order[:, None, :].expand(g, dd, dd))
     upper = _upper_inverse_factor(h, damp)
     s = scale.double().expand(g, o, 1)[..., 0]
+    before = cols.clone() if soft else None
     for i in range(d):
         col = cols[:, :, i]
+        if before is not None:
+            before[:, :, i] = col
         q = torch.clamp(torch.round(col / s), qmin, qmax) * s
         err = (col - q) / upper[:, i, i][:, None]
         cols[:, :, i] = q
         cols[:, :, i + 1 :] -= err[:, :, None] * upper[:, None, i, i + 1 :]
+    if before is not None:
+        before[:, :, d:] = cols[:, :, d:]  # the bias column: compensated, never rounded
+        cols = before
     out = torch.empty_like(cols).scatter_(2, order[:, None, :].expand(g, o, dd), cols)
     new_bias = out[:, :, d].to(bias.dtype) if bias is not None else None
     return out[:, :, :d].to(w.dtype), new_bias
@@ -160,10 +169,12 @@ def gptq_layer(
     damp: float,
     cross: torch.Tensor | None = None,
     fit_damp: float = 0.01,
+    soft: bool = False,
 ) -> None:
     """Round `layer`'s float weight in place (it stays float, now on its grid) and correct its
     bias; with `cross` (X_fp X_q^T) towards the float model's output instead of the layer's own
-    (the least-squares fit damped by `fit_damp`)."""
+    (the least-squares fit damped by `fit_damp`); with `soft` the weight keeps GPTQ's values
+    before rounding (same codes, see `gptq_round`)."""
     w = layer.weight
     g = layer.groups if isinstance(layer, QuantConv2d) else 1
     out = w.shape[0] // g
@@ -175,7 +186,7 @@ def gptq_layer(
         full = torch.cat([wg, bias[..., None]], dim=2) if bias is not None else wg
         full = least_squares_target(full, h, cross, fit_damp)
         wg, bias = (full[..., :-1], full[..., -1]) if bias is not None else (full, None)
-    new_w, new_b = gptq_round(wg, h, scale, q.qmin, q.qmax, bias, damp)
+    new_w, new_b = gptq_round(wg, h, scale, q.qmin, q.qmax, bias, damp, soft)
     w.copy_(new_w.reshape_as(w))
     if new_b is not None:
         layer.bias.copy_(new_b.reshape(-1))
@@ -222,13 +233,14 @@ def gptq(
     progress: bool = True,
     fpmodel: nn.Module | None = None,
     fit_damp: float = 0.01,
+    soft: bool = False,
 ) -> dict:
     """GPTQ every unit of `qmodel` in forward order on (up to `max_images` of) `images`; returns
     each unit's output error with nearest rounding and after, and the units that kept nearest.
 
     With `fpmodel` (the same structure, every quantizer off, weights unrounded) the target is its
     output on its own inputs (asymmetric calibration, the fit damped by `fit_damp`); without,
-    each unit's output with float weights on the quantized inputs."""
+    each unit's output with float weights on the quantized inputs. `soft`: see `gptq_layer`."""
     qmodel.eval()
     images, bs = images[:max_images], batch_size
     names = units(qmodel)
@@ -252,7 +264,7 @@ def gptq(
                     fp = None if ref is None else (ref.block, ref.layers[every.index(layer)], ref.x)
                     acc = layer_hessian(block, layer, x, bs, fp)
                     if acc is not None:
-                        gptq_layer(layer, acc.value(), damp, acc.cross_value(), fit_damp)
+                        gptq_layer(layer, acc.value(), damp, acc.cross_value(), fit_damp, soft)
             except ValueError:
                 skipped.append(name)
             after = unit_loss(block, x, y, bs, amp=False)

@@ -95,6 +95,7 @@ def quantize_(
                 progress,
                 fp if cfg.gptq_target == "float" else None,
                 cfg.gptq_fit_damp,
+                cfg.gptq_soft,
             )
             info.update(
                 kept_nearest=res["kept_nearest"],

@@ -43,11 +43,14 @@ class QuantConfig:
     # "float", the FP model's output (also corrects what quantizing the inputs changed)
     gptq_target: str = "weights"
     gptq_fit_damp: float = 0.01  # "float": the least-squares fit's pull towards the FP weights
+    # keep GPTQ's weights before rounding (same codes): AdaRound then starts from how close each
+    # rounding call was instead of from settled grid points it cannot move off in a short budget
+    gptq_soft: bool = True
     # block reconstruction (BRECQ / QDrop)
     reconstruct: bool = True
     recon_iters: int = 300  # per block
     recon_batch_size: int = 32
-    recon_lr_round: float = 1e-3  # AdaRound soft bits
+    recon_lr_round: float = 1e-2  # AdaRound soft bits
     recon_lr_act: float = 4e-4  # activation step sizes
     round_reg_weight: float = 0.01
     round_warmup: float = 0.2  # share of iterations before the rounding regularizer starts

@@ -28,14 +28,19 @@ def _correlated(d, n, gen):
     return mix @ torch.randn(d, n, generator=gen) + 0.5
 
 
-def test_gptq_lowers_the_output_error_of_nearest_rounding_and_stays_on_the_grid():
-    gen = torch.Generator().manual_seed(0)
-    x = _correlated(32, 4000, gen)
-    w = torch.randn(1, 16, 32, generator=gen) * 0.1
-    b = torch.randn(1, 16, generator=gen) * 0.1
-    s = w.abs().amax(2, keepdim=True) / 7
+def _layer_problem(seed, d, out, n):
+    """Correlated inputs x (d, n), weights (1, out, d) and bias, per-row 4-bit steps, their H."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _correlated(d, n, gen)
+    w = torch.randn(1, out, d, generator=gen) * 0.1
+    b = torch.randn(1, out, generator=gen) * 0.1
     acc = Hessian(with_bias=True)
     acc.add(x[None])
+    return x, w, b, w.abs().amax(2, keepdim=True) / 7, acc
+
+
+def test_gptq_lowers_the_output_error_of_nearest_rounding_and_stays_on_the_grid():
+    x, w, b, s, acc = _layer_problem(0, 32, 16, 4000)
     qw, qb = gptq_round(w, acc.value(), s, -8, 7, b)
     ref = w[0] @ x + b[0, :, None]
     err_near = (_nearest(w, s, -8, 7)[0] @ x + b[0, :, None] - ref).pow(2).mean()
@@ -44,6 +49,19 @@ def test_gptq_lowers_the_output_error_of_nearest_rounding_and_stays_on_the_grid(
     codes = qw / s
     assert torch.allclose(codes, codes.round(), atol=1e-4)
     assert codes.round().min() >= -8 and codes.round().max() <= 7
+
+
+def test_soft_gptq_keeps_the_codes_and_the_values_before_rounding():
+    _, w, b, s, acc = _layer_problem(1, 24, 8, 3000)
+    hard_w, hard_b = gptq_round(w, acc.value(), s, -8, 7, b)
+    soft_w, soft_b = gptq_round(w, acc.value(), s, -8, 7, b, soft=True)
+    assert torch.equal(_nearest(soft_w, s, -8, 7), _nearest(hard_w, s, -8, 7))
+    assert torch.allclose(soft_b, hard_b)
+    frac = (soft_w / s - (soft_w / s).round()).abs()
+    assert frac.max() > 0.3  # off the grid: how close each rounding call was
+    # the first column GPTQ rounds (largest Hessian diagonal) has had nothing pushed onto it
+    first = int(acc.value()[0, :24, :24].diagonal().argmax())
+    assert torch.allclose(soft_w[0, :, first], w[0, :, first], atol=1e-6)
 
 
 def test_the_bias_column_absorbs_a_constant_inputs_rounding_error():

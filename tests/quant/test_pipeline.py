@@ -78,6 +78,32 @@ def test_reconstruction_after_gptq_aims_at_the_fp_model_not_the_rounded_one(resn
     assert rec_before > 0.5 * gptq_after > 0
 
 
+def test_reconstruction_can_move_soft_gptq_rounding_and_not_settled_rounding(resnet20_weights):
+    # GPTQ's settled grid points sit deep in AdaRound's rectified sigmoid (h = 0.01 or 0.99):
+    # a short budget cannot flip one. Kept soft, each starts at its own fraction: the codes GPTQ
+    # chose come first, and reconstruction then changes some and lowers the block errors more.
+    calib = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    moved, gain, gptq_losses = {}, {}, {}
+    for soft in (False, True):
+        torch.manual_seed(0)
+        model, _ = load_model("cifar10_resnet20", weights=resnet20_weights)
+        cfg = QuantConfig(
+            wbits=3, abits=8, calib_batch_size=32, gptq_images=32, kd_iters=0, gptq_soft=soft
+        )
+        cfg = replace(cfg, recon_iters=30, recon_batch_size=16, recon_lr_round=0.01)
+        report = quantize_(model, cfg, calib, progress=False)
+        gptq_losses[soft] = [
+            a for pair in report["stages"]["gptq"]["unit_losses"].values() for a in pair
+        ]
+        rec = report["stages"]["reconstruct"]["block_losses"]
+        gain[soft] = sum(b - a for b, a in rec.values()) / sum(b for b, _ in rec.values())
+        moved[soft] = len(report["stages"]["reconstruct"]["kept_nearest"]) < len(rec)
+    assert gptq_losses[True] == pytest.approx(gptq_losses[False], rel=1e-3)  # the same codes
+    assert gain[True] > 0.01  # 0.02 here on noise images; settled: 0.0001
+    assert gain[True] > 10 * gain[False]
+    assert moved[True]
+
+
 @pytest.mark.parametrize(
     "name, size",
     [
