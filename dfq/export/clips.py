@@ -19,7 +19,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from dfq.export.trace import consumers, is_marker, marker_tag, trace_graph
+from dfq.export.trace import consumers, is_marker, marker_tag, producers, trace_graph
 
 RANGE_TOLERANCE = 1e-6  # relative: float32 rounding of hi / qmax * qmax
 
@@ -65,15 +65,14 @@ def inside(q: nn.Module, bounds: tuple[float, float]) -> bool:
 def redundant_clips(graph: onnx.GraphProto, found: dict[str, nn.Module]) -> list[onnx.NodeProto]:
     """The Clips of a traced graph (with markers) that an adjacent unsigned quantizer makes
     redundant: the Clip's only consumer is that quantizer, or its input is that quantizer's."""
-    producers = {o: n for n in graph.node for o in n.output}
-    readers = consumers(graph)
+    writers, readers = producers(graph), consumers(graph)
     out = []
     for node in graph.node:
         bounds = clip_bounds(node, graph)
         if bounds is None:
             continue
         users = readers.get(node.output[0], [])
-        before = producers.get(node.input[0])
+        before = writers.get(node.input[0])
         after = users[0] if len(users) == 1 else None
         if any(
             m is not None and is_marker(m) and inside(found[marker_tag(m)], bounds)
@@ -105,13 +104,13 @@ def cap_clipped_ranges(model: nn.Module, input_size: tuple[int, ...]) -> list[st
     hi to exactly hi (no value above hi reaches it). Returns the quantizers changed."""
     proto, found = trace_graph(model, input_size, 13)
     graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
+    writers = producers(graph)
     capped = []
     for node in graph.node:
         if not is_marker(node):
             continue
         q = found[marker_tag(node)]
-        clip = producers.get(node.input[0])
+        clip = writers.get(node.input[0])
         bounds = clip_bounds(clip, graph) if clip is not None else None
         if bounds is None or q.signed or bounds[0] > 0 or q.scale.numel() != 1 or inside(q, bounds):
             continue

@@ -17,12 +17,14 @@ same thing.
 
 from __future__ import annotations
 
+import math
+
 import onnx
 import torch
 from torch import nn
 
 from dfq.export.clips import cap_clipped_ranges, clip_bounds, inside
-from dfq.export.trace import consumers, is_marker, marker_tag, trace_graph
+from dfq.export.trace import consumers, is_marker, marker_tag, producers, trace_graph
 from dfq.quant.attached import attach_quantizer, attached_quantizers
 from dfq.quant.layers import QuantConv2d, quant_layers
 from dfq.quant.quantizer import MIN_SCALE, Quantizer, all_quantizers
@@ -41,14 +43,13 @@ def unfused_layers(
     the upper bound of a Clip (ReLU6) it feeds (its range is capped there), if any."""
     proto, found = trace_graph(model, input_size, 13)
     graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    readers = consumers(graph)
+    writers, readers = producers(graph), consumers(graph)
     need: dict[str, tuple[bool, float | None]] = {}
     for node in graph.node:
         if node.op_type != "Conv":
             continue
-        w = producers.get(node.input[1])
-        x = producers.get(node.input[0])
+        w = writers.get(node.input[1])
+        x = writers.get(node.input[0])
         if not (w and x and is_marker(w) and is_marker(x)):
             continue  # weight or input not quantized: no QLinearConv to aim for
         layer = marker_tag(w).rsplit(".", 1)[0]
@@ -67,20 +68,19 @@ def _needs_output_q(
     """None when a Q already follows (maybe past a droppable ReLU, or a Clip the Q makes
     redundant, `dfq.export.clips`); else (signed, cap) of the output quantizer to add."""
     users = consumers.get(out, [])
-    if len(users) == 1 and is_marker(users[0]):
+    if len(users) != 1:
+        return True, None
+    if is_marker(users[0]):
         return None
-    if len(users) == 1 and users[0].op_type == "Relu":
-        after = consumers.get(users[0].output[0], [])
-        if len(after) == 1 and is_marker(after[0]) and not found[marker_tag(after[0])].signed:
-            return None
-        return False, None
-    bounds = clip_bounds(users[0], graph) if len(users) == 1 else None
-    if bounds is not None and bounds[0] == 0:
-        after = consumers.get(users[0].output[0], [])
-        if len(after) == 1 and is_marker(after[0]) and inside(found[marker_tag(after[0])], bounds):
-            return None
-        return False, bounds[1]  # unsigned, at most the Clip's top: equals Clip then Q
-    return True, None
+    # a ReLU is Clip(0, inf): an unsigned Q after it makes it droppable, whatever its range
+    bounds = (0.0, math.inf) if users[0].op_type == "Relu" else clip_bounds(users[0], graph)
+    if bounds is None or bounds[0] != 0:
+        return True, None
+    after = consumers.get(users[0].output[0], [])
+    if len(after) == 1 and is_marker(after[0]) and inside(found[marker_tag(after[0])], bounds):
+        return None
+    # unsigned, at most the Clip's top: equals the ReLU / Clip, then Q
+    return False, bounds[1] if math.isfinite(bounds[1]) else None
 
 
 def layer_input_quantizers(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Quantizer]:
@@ -88,24 +88,24 @@ def layer_input_quantizers(model: nn.Module, input_size: tuple[int, ...]) -> dic
     Pad, as a TF-"same" conv applies after quantizing): exactly the layers whose bias the exporter
     stores as int32 on the grid `s_in * s_w` (see `dfq.export.qdq`)."""
     proto, found = trace_graph(model, input_size, 13)
-    producers = {o: n for n in proto.graph.node for o in n.output}
+    writers = producers(proto.graph)
     out = {}
     for node in proto.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
             continue
-        w = producers.get(node.input[1])
-        x = input_marker(node.input[0], producers)
+        w = writers.get(node.input[1])
+        x = input_marker(node.input[0], writers)
         if w is not None and x is not None and is_marker(w):
             out[marker_tag(w).rsplit(".", 1)[0]] = found[marker_tag(x)]
     return out
 
 
-def input_marker(tensor: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+def input_marker(tensor: str, writers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
     """The quantizer marker producing `tensor`, looking through Pad nodes (zero padding keeps a
     tensor on its grid)."""
-    node = producers.get(tensor)
+    node = writers.get(tensor)
     while node is not None and node.op_type == "Pad":
-        node = producers.get(node.input[0])
+        node = writers.get(node.input[0])
     return node if node is not None and is_marker(node) else None
 
 

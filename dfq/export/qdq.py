@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from dfq.errors import DfqError
-from dfq.export.trace import MARKER_DOMAIN, is_marker, marker_tag
+from dfq.export.trace import MARKER_DOMAIN, consumers, is_marker, marker_tag, producers
 from dfq.quant.quantizer import MIN_SCALE
 
 U8_SIGNED_ZP = 128
@@ -165,20 +165,12 @@ def _requantize_after_pads(graph: _Graph) -> None:
     convolution) gets a Q -> DQ pair on the same grid after it: exact (zeros and the values it
     keeps are on that grid), and the Add / Conv then reads a DequantizeLinear, so onnxruntime
     fuses it into QLinearAdd / QLinearConv instead of running it in float."""
-    producers = {o: n for n in graph.g.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    writers, readers = producers(graph.g), consumers(graph.g)
     out: list[onnx.NodeProto] = []
     for node in graph.g.node:
         out.append(node)
-        dq = (
-            _dq_before(node, producers)
-            if node.op_type == "Pad" and _zero_pad(node, graph)
-            else None
-        )
-        users = consumers.get(node.output[0], [])
+        dq = _dq_before(node, writers) if node.op_type == "Pad" and _zero_pad(node, graph) else None
+        users = readers.get(node.output[0], [])
         if dq is None or not any(u.op_type in ("Add", "Conv") for u in users):
             continue
         scale, zp = dq.input[1], dq.input[2] if len(dq.input) > 2 else ""
@@ -199,11 +191,11 @@ def _requantize_after_pads(graph: _Graph) -> None:
     graph.g.node.extend(out)
 
 
-def _dq_before(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+def _dq_before(node: onnx.NodeProto, writers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
     """The per-tensor activation DequantizeLinear `node` reads through shape-only ops, if any."""
-    src = producers.get(node.input[0])
+    src = writers.get(node.input[0])
     while src is not None and src.op_type in SHAPE_OPS:
-        src = producers.get(src.input[0])
+        src = writers.get(src.input[0])
     if (
         src is None
         or src.op_type != "DequantizeLinear"
@@ -226,14 +218,14 @@ def _zero_pad(node: onnx.NodeProto, graph: _Graph) -> bool:
 
 def _quantize_biases(graph: _Graph) -> None:
     """Conv / Gemm with DQ input and weight and a float bias: store the bias as int32 + DQ."""
-    producers = {o: n for n in graph.g.node for o in n.output}
+    writers = producers(graph.g)
     extra: list[onnx.NodeProto] = []
     for node in graph.g.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
             continue
-        dq_x, dq_w = producers.get(node.input[0]), producers.get(node.input[1])
+        dq_x, dq_w = writers.get(node.input[0]), writers.get(node.input[1])
         while dq_x is not None and dq_x.op_type == "Pad":  # zero padding stays on the grid
-            dq_x = producers.get(dq_x.input[0])
+            dq_x = writers.get(dq_x.input[0])
         bias = node.input[2]
         if not (
             dq_x

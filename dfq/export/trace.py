@@ -38,6 +38,11 @@ def marker_tag(node: onnx.NodeProto) -> str:
     return next(a.s.decode() for a in node.attribute if a.name == "tag")
 
 
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node writing it."""
+    return {o: n for n in graph.node for o in n.output}
+
+
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes reading it."""
     out: dict[str, list[onnx.NodeProto]] = {}
