@@ -37,6 +37,16 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
     "them unfused, so slower than the default).",
 )
 @click.option(
+    "--weight-type",
+    type=click.Choice(["auto", "int8", "uint8"]),
+    default="auto",
+    show_default=True,
+    help="Container of the weight codes. int8 runs onnxruntime's U8S8 kernels, which saturate on "
+    "x86 CPUs without VNNI; uint8 its U8U8 kernels, exact everywhere but slower where VNNI "
+    "exists. auto: uint8 unless this CPU has VNNI or is not x86 (export on the CPU you deploy "
+    "on, or choose).",
+)
+@click.option(
     "--calib",
     type=click.Path(exists=True),
     default=None,
@@ -47,9 +57,11 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @threads_option
 @debug
-def export_cmd(target, out, weights, pretrained, opset, int4, calib, no_check, as_json) -> None:
+def export_cmd(
+    target, out, weights, pretrained, opset, int4, weight_type, calib, no_check, as_json
+) -> None:
     """Write TARGET as ONNX: a `dfq quantize` output directory as QDQ, or a model name as float."""
-    cfg = ExportConfig(opset=opset, int4=int4, check=not no_check)
+    cfg = ExportConfig(opset=opset, int4=int4, weight_type=weight_type, check=not no_check)
     quantized = Path(target).exists()
     if quantized:
         if weights or pretrained:

@@ -15,7 +15,7 @@ from torch import nn
 from dfq.errors import DfqFailure
 from dfq.export.check import check_against_torch
 from dfq.export.clips import drop_redundant_clips
-from dfq.export.export_config import ExportConfig
+from dfq.export.export_config import ExportConfig, weight_type_for_this_cpu
 from dfq.export.metadata import describe, stamp
 from dfq.export.qdq import lower_markers
 from dfq.export.trace import trace_graph
@@ -48,7 +48,8 @@ def export_onnx(
     path = Path(path)
     proto, found = trace_graph(model, data_config.input_size, cfg.opset)
     drop_redundant_clips(proto, found)
-    lower_markers(proto, found, int4=cfg.int4)
+    weight_type = cfg.weight_type if cfg.weight_type != "auto" else weight_type_for_this_cpu()
+    lower_markers(proto, found, int4=cfg.int4, unsigned_weights=weight_type == "uint8")
     stamp(proto, cfg.opset, data_config, describe(found))
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -61,6 +62,7 @@ def export_onnx(
         "path": str(path),
         "bytes": path.stat().st_size,
         "opset": cfg.opset,
+        "weight_type": weight_type,
         "quantizers": len(found),
         "quantization": describe(found),
     }

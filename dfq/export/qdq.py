@@ -4,7 +4,12 @@ Choices forced by onnxruntime's QDQ fusion (DQ -> Conv -> Q becomes QLinearConv 
 and output Q types match and every input, bias included, comes from a DequantizeLinear):
 - activations are uint8 everywhere: an unsigned grid uses zero point 0, a signed grid zero point 128
   (the same integers shifted, so numerics equal the int8 / zp 0 grid of the fake-quant model);
-- weights are int8 initializers with per-axis DequantizeLinear, zero point 0;
+- weights are int8 initializers with per-axis DequantizeLinear, zero point 0, or
+  (`unsigned_weights`) uint8 codes + 128 at zero point 128: onnxruntime's U8S8 kernels on x86
+  CPUs without VNNI (AVX2 only, e.g. AMD Zen 3) add pairs of uint8 x int8 products in int16
+  (VPMADDUBSW), which saturates (int8 weights gave 73% argmax agreement with PyTorch at W8A8
+  there); its U8U8 kernels widen first and are exact everywhere, slower where VNNI exists
+  (`ExportConfig.weight_type`);
 - a float bias next to DQ inputs becomes int32 with scale s_in * s_w (`prepare.snap_biases` puts the
   PyTorch bias on that grid first, so both compute the same);
 - grids narrower than 8 bits keep their levels with Q -> DQ -> Clip -> Q -> DQ: the first Q fuses
@@ -60,7 +65,12 @@ def _scale(q: nn.Module) -> np.ndarray:
     return q.scale.detach().float().clamp_min(MIN_SCALE).cpu().numpy().astype(np.float32)
 
 
-def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: bool = False) -> None:
+def lower_markers(
+    model: onnx.ModelProto,
+    found: dict[str, nn.Module],
+    int4: bool = False,
+    unsigned_weights: bool = True,
+) -> None:
     """Replace every marker in place; afterwards the graph holds only standard ONNX operators."""
     graph = _Graph(model)
     new_nodes: list[onnx.NodeProto] = []
@@ -73,7 +83,7 @@ def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: boo
         q = found[tag]
         src, dst = node.input[0], node.output[0]
         if src in graph.inits:
-            new_nodes += _weight_nodes(graph, tag, q, src, dst, int4)
+            new_nodes += _weight_nodes(graph, tag, q, src, dst, int4, unsigned_weights)
             continue
         grid = (q.bits, q.signed, _scale(q).tobytes())
         if grids.get(src) == grid:  # the same grid twice in a row is the identity
@@ -92,7 +102,7 @@ def lower_markers(model: onnx.ModelProto, found: dict[str, nn.Module], int4: boo
 
 
 def _weight_nodes(
-    graph: _Graph, tag: str, q: nn.Module, src: str, dst: str, int4: bool
+    graph: _Graph, tag: str, q: nn.Module, src: str, dst: str, int4: bool, unsigned: bool
 ) -> list[onnx.NodeProto]:
     """A constant weight becomes integer codes plus one (per-axis) DequantizeLinear."""
     w = torch.from_numpy(numpy_helper.to_array(graph.inits[src]).copy())
@@ -101,15 +111,18 @@ def _weight_nodes(
             f"{tag}: {q.bits}-bit weights do not fit the int8 QDQ format; use 8 bits or fewer"
         )
     with torch.no_grad():
-        codes = q.integer(w).numpy().astype(np.int8 if q.signed else np.uint8)
+        codes = q.integer(w).numpy()
     scale = _scale(q)
     native = int4 and q.bits <= 4
-    wtype = (
-        (TensorProto.INT4 if q.signed else TensorProto.UINT4)
-        if native
-        else (TensorProto.INT8 if q.signed else TensorProto.UINT8)
-    )
-    zp = np.zeros(scale.shape, np.int8 if q.signed else np.uint8)
+    if native or not unsigned:
+        wtype = TensorProto.INT4 if q.signed else TensorProto.UINT4
+        codes = codes.astype(np.int8 if q.signed else np.uint8)
+        zp = np.zeros(scale.shape, np.int8 if q.signed else np.uint8)
+    else:  # uint8 codes, signed ones shifted by 128: the U8U8 kernels (module docstring)
+        wtype = TensorProto.UINT8
+        shift = U8_SIGNED_ZP if q.signed else 0
+        codes = (codes.astype(np.int32) + shift).astype(np.uint8)
+        zp = np.full(scale.shape, shift, np.uint8)
     names = [
         graph.const(f"{tag}.codes", codes, wtype if native else None),
         graph.const(f"{tag}.scale", scale),

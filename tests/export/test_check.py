@@ -11,6 +11,7 @@ from torch import nn
 from dfq.errors import DfqError, DfqFailure
 from dfq.export import ExportConfig, export_onnx, export_quantized, prepare_for_export
 from dfq.export.check import check_against_torch, output_step
+from dfq.export.export_config import weight_type_for_this_cpu
 from tests.export.conftest import DATA
 
 
@@ -24,10 +25,14 @@ def _exported(model_calib, tmp_path):
     return model, calib, path
 
 
-@pytest.mark.parametrize("which", ["w8a8", "w4a4"])
-def test_correct_export_passes_the_strict_check(which, request, tmp_path):
+@pytest.mark.parametrize("which, weights", [("w8a8", "auto"), ("w4a4", "auto"), ("w8a8", "uint8")])
+def test_correct_export_passes_the_strict_check(which, weights, request, tmp_path):
+    """ "auto" picks the weight container whose kernels are exact on this CPU; "uint8" (the U8U8
+    kernels) is exact on any CPU."""
     model, calib = request.getfixturevalue(which)
-    summary = export_quantized(copy.deepcopy(model), tmp_path, DATA, calib, ExportConfig())
+    cfg = ExportConfig(weight_type=weights)
+    summary = export_quantized(copy.deepcopy(model), tmp_path, DATA, calib, cfg)
+    assert summary["weight_type"] == (weights if weights != "auto" else weight_type_for_this_cpu())
     check = summary["check"]
     assert check["images"] == 64
     assert check["argmax_agreement"] == 1.0 and check["within_tolerance"] == 1.0
@@ -88,6 +93,11 @@ def test_shares_outside_0_1_are_rejected(field):
     assert getattr(ExportConfig(), field) == 0.995
     with pytest.raises(DfqError, match=field):
         ExportConfig(**{field: 1.5})
+
+
+def test_an_unknown_weight_type_is_rejected_with_the_choices():
+    with pytest.raises(DfqError, match="auto, int8, uint8"):
+        ExportConfig(weight_type="int4")
 
 
 class _Float32Noise(nn.Module):

@@ -57,9 +57,15 @@ def test_4bit_export_holds_16_levels(w4a4, tmp_path):
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for name, layer in quant_layers(model).items():
         codes = inits[f"{name}.weight_quantizer.codes"]
-        assert codes.dtype == np.int8
+        zero = inits[f"{name}.weight_quantizer.zero_point"]
+        # int8 at zero point 0, or uint8 shifted by 128 (ExportConfig.weight_type on this CPU)
+        assert (codes.dtype, int(zero.min()), int(zero.max())) in (
+            (np.int8, 0, 0),
+            (np.uint8, 128, 128),
+        )
         lo, hi = (-8, 7) if layer.weight_quantizer.bits == 4 else (-128, 127)
-        assert codes.min() >= lo and codes.max() <= hi
+        signed = codes.astype(np.int32) - int(zero.min())
+        assert signed.min() >= lo and signed.max() <= hi
     # expose every conv's input (a DequantizeLinear output) and count its distinct values
     dqs = _dq_inputs_of(proto.graph, "Conv")
     for dq in dqs:
