@@ -13,21 +13,35 @@ the two as SmoothQuant does: `s_c = sqrt(range of x_c / max |W[:, c]|)`.
 Streams are found on a torch.fx trace of the folded model: tensors joined by additions (and
 identities), produced by convs / linears, read only by convs / linears. A model that does not trace,
 or a stream with any other reader (an activation, a pool, the output), is left as it is.
+
+Clipped-activation equalization (`equalize_clips`) is the same idea where an activation sits
+between the two layers: conv -> ReLU / ReLU6 -> depthwise conv, the stem and every expansion of an
+inverted-residual net. Channel c of the activation is scaled up by `s_c >= 1` until its largest
+value on the calibration images reaches the largest channel's (never past a ReLU6's 6, so
+`relu6(s x) = s relu6(x)` wherever the images reach); the depthwise filter c is divided by `s_c`.
+Both layers' weight grids are per output channel, so they absorb the change exactly: only the
+per-tensor activation grid changes, and its small channels get more of its 16 levels. The "mse"
+variant brings each channel's own least-squares clipping point to the top instead, so the ReLU6
+clips every channel where its own grid should end (the float model changes there, as quantizing
+would have clipped it anyway).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from dfq.quant.ranges import forward_all
 
 ADDS = (operator.add, operator.iadd, torch.add)
 MAX_SCALE = 100.0
+SAMPLE = 1024  # values per channel and batch kept for the per-channel clipping search
 
 
 @dataclass
@@ -201,3 +215,134 @@ def _scale_inputs(m: nn.Module, f: torch.Tensor) -> None:
         m.weight.mul_(f.view(1, -1, 1, 1))
     else:
         m.weight.mul_(f.view(1, -1))
+
+
+@dataclass
+class ClipPair:
+    producer: str  # conv / linear whose output feeds the activation
+    reader: str  # depthwise conv reading the activation's output
+    top: float  # the activation's upper bound (inf for a ReLU)
+
+
+def _clip_top(node: fx.Node, modules: dict[str, nn.Module]) -> float | None:
+    """The upper bound of a ReLU-like node that starts at 0 (ReLU: inf, ReLU6: 6); None for any
+    other node."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.ReLU):
+            return math.inf
+        if isinstance(m, nn.Hardtanh) and m.min_val == 0:  # nn.ReLU6 included
+            return float(m.max_val)
+    if node.op == "call_function" and len(node.args) == 1:
+        if node.target in (F.relu, torch.relu):
+            return math.inf
+        if node.target is F.relu6:
+            return 6.0
+    return None
+
+
+def _only_user(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The single node that reads `node`, looking past identities; None when there are several."""
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        joined = _joins(node, modules)
+        if joined is None:
+            return node
+        if len(joined) != 1:
+            return None  # an addition: the tensor is not read by one layer alone
+
+
+def find_clip_pairs(model: nn.Module) -> list[ClipPair]:
+    """Every conv / linear -> ReLU or ReLU6 -> depthwise conv chain of `model` (eval mode) in which
+    each tensor has one reader; [] when the model does not trace with torch.fx."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any trace failure means: leave the model as it is
+        return []
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if not (node.op == "call_module" and _layer(modules[node.target])):
+            continue
+        act = _only_user(node, modules)
+        top = _clip_top(act, modules) if act is not None else None
+        reader = _only_user(act, modules) if top is not None else None
+        if reader is None or reader.op != "call_module":
+            continue
+        m = modules[reader.target]
+        depthwise = isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels > 1
+        if depthwise and calls[node.target] == calls[reader.target] == 1:
+            pairs.append(ClipPair(node.target, reader.target, top))
+    return pairs
+
+
+@torch.no_grad()
+def equalize_clips(
+    model: nn.Module, batches: list[torch.Tensor], clip: str = "max", bits: int = 4
+) -> list[dict]:
+    """Scale up the small channels of every clipped activation read by a depthwise conv (module
+    docstring), measured on `batches`. `clip` "max": each channel's largest value is brought to the
+    largest channel's, so the float model is unchanged on `batches`; "mse": each channel's own
+    `bits`-bit clipping point (least squared error) is brought to the activation's top, so a ReLU6
+    clips each channel there: per-channel activation ranges, carried by the weights (what the
+    pipeline then takes as the FP model to reconstruct towards). Returns per pair its layers and
+    the spread of the channel ranges before and after."""
+    pairs = find_clip_pairs(model)
+    samples: dict[str, list[torch.Tensor]] = {}
+    gen = torch.Generator().manual_seed(0)
+    handles = []
+    for pair in pairs:
+
+        def hook(_m, inp, name=pair.reader):
+            x = inp[0].detach().transpose(0, 1).flatten(1).float()
+            keep = x.amax(1, keepdim=True)  # the peaks always, a subsample for the MSE
+            if clip == "mse":
+                idx = torch.randint(0, x.shape[1], (SAMPLE,), generator=gen).to(x.device)
+                keep = torch.cat([keep, x[:, idx]], 1)
+            samples.setdefault(name, []).append(keep.cpu())
+
+        handles.append(model.get_submodule(pair.reader).register_forward_pre_hook(hook))
+    forward_all(model, batches, handles)
+    report = []
+    for pair in pairs:
+        x = torch.cat(samples[pair.reader], 1)
+        ranges = x.amax(1) if clip == "max" else channel_clips(x, bits)
+        live = ranges > 0
+        if not live.any():
+            continue
+        top = pair.top if clip == "mse" and math.isfinite(pair.top) else math.inf
+        target = min(float(ranges.max()), top)
+        s = torch.where(live, target / ranges.clamp_min(1e-12), torch.ones_like(ranges))
+        s = s.clamp(1.0, MAX_SCALE)
+        _scale_outputs(model.get_submodule(pair.producer), s)
+        _scale_inputs(model.get_submodule(pair.reader), 1 / s)
+        report.append(
+            {
+                "producer": pair.producer,
+                "reader": pair.reader,
+                "range_spread": [_spread(ranges[live]), _spread((ranges * s)[live])],
+            }
+        )
+    return report
+
+
+def channel_clips(x: torch.Tensor, bits: int, steps: int = 100) -> torch.Tensor:
+    """Per row of `x` (channels, values >= 0 after a ReLU), the clipping point whose unsigned
+    `bits`-bit grid reproduces the row with the least squared error."""
+    qmax = 2**bits - 1
+    amax = x.amax(1).clamp_min(1e-12)
+    best, best_err = amax.clone(), torch.full_like(amax, math.inf)
+    for f in torch.linspace(1.0, 0.05, steps):
+        step = (amax * f / qmax).unsqueeze(1)
+        err = (torch.clamp(torch.round(x / step), 0, qmax) * step - x).pow(2).mean(1)
+        better = err < best_err
+        best = torch.where(better, amax * f, best)
+        best_err = torch.where(better, err, best_err)
+    return best

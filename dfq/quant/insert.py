@@ -24,7 +24,7 @@ from torch import nn
 
 from dfq.models.blocks import units
 from dfq.quant.attached import attach_quantizer, attached_quantizers
-from dfq.quant.equalize import equalize_streams
+from dfq.quant.equalize import equalize_clips, equalize_streams
 from dfq.quant.fold import fold_bn
 from dfq.quant.layers import QUANT_LAYERS, quant_layers
 from dfq.quant.quant_config import QuantConfig
@@ -48,6 +48,7 @@ class PrepareResult:
     activations: dict[str, int] = field(default_factory=dict)  # activation module -> bits
     unquantized: list[str] = field(default_factory=list)  # "name (Type): why"
     equalized: list[dict] = field(default_factory=list)  # residual streams (equalize.py)
+    equalized_clips: list[dict] = field(default_factory=list)  # activations (equalize.py)
 
 
 def _qualname(module: nn.Module) -> str:
@@ -161,6 +162,9 @@ def prepare(model: nn.Module, cfg: QuantConfig, batches: list[torch.Tensor]) -> 
     model.eval()
     fold = fold_bn(model, batches[0][:2])
     equalized = equalize_streams(model, batches) if cfg.equalize_streams else []
+    clips = []
+    if cfg.equalize_clips != "none":
+        clips = equalize_clips(model, batches, cfg.equalize_clips, cfg.abits)
     names = [n for n, m in model.named_modules() if quantizable(m)]
     acts = (
         [n for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
@@ -170,7 +174,12 @@ def prepare(model: nn.Module, cfg: QuantConfig, batches: list[torch.Tensor]) -> 
     entries = block_entries(model, names, batches[0][:2]) if cfg.protocol != "gdfq" else {}
     stats, act_stats = observe(model, names + list(entries), batches, acts)
     order = sorted((n for n in names if n in stats), key=lambda n: stats[n].order)
-    result = PrepareResult(folded=fold.folded, bits=layer_bits(order, cfg), equalized=equalized)
+    result = PrepareResult(
+        folded=fold.folded,
+        bits=layer_bits(order, cfg),
+        equalized=equalized,
+        equalized_clips=clips,
+    )
     result.unquantized = unquantizable(model, fold.unfolded)
     result.unquantized += [
         f"{n} ({type(model.get_submodule(n)).__name__}): never called in forward"

@@ -79,6 +79,9 @@ def quantize_(
         equalized_streams=[
             {"readers": e["readers"], "range_spread": e["range_spread"]} for e in prep.equalized
         ],
+        equalized_clips=[
+            {"reader": e["reader"], "range_spread": e["range_spread"]} for e in prep.equalized_clips
+        ],
     )
     recon = cfg.reconstruct and cfg.recon_iters > 0
     # The folded FP model, every quantizer off: what GPTQ (target "float") and reconstruction aim

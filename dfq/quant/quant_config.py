@@ -13,6 +13,7 @@ WEIGHT_INITS = ("mse", "minmax")
 ACT_INITS = ("mse", "percentile", "minmax")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 GPTQ_TARGETS = ("weights", "float")
+CLIP_EQUALIZATIONS = ("none", "max", "mse")
 KD_PARAMS = ("all", "scales")
 KD_AUGMENTS = ("shift_flip", "flip")
 
@@ -34,6 +35,9 @@ class QuantConfig:
     act_percentile: float = 99.99
     # even out the channel ranges of linear residual streams before quantizing them (equalize.py)
     equalize_streams: bool = False
+    # scale up the small channels of ReLU / ReLU6 outputs read by depthwise convs (equalize.py):
+    # "max" keeps the float model, "mse" gives each channel its own clipping point; "none"
+    equalize_clips: str = "none"
     calib_batch_size: int = 64
     # weight rounding before reconstruction: "gptq" rounds against each layer's input Hessian
     weight_rounding: str = "gptq"
@@ -87,6 +91,7 @@ class QuantConfig:
         _choice("act_init", self.act_init, ACT_INITS)
         _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         _choice("gptq_target", self.gptq_target, GPTQ_TARGETS)
+        _choice("equalize_clips", self.equalize_clips, CLIP_EQUALIZATIONS)
         _choice("kd_params", self.kd_params, KD_PARAMS)
         if not 50.0 < self.act_percentile <= 100.0:
             raise DfqError(f"act_percentile must be in (50, 100], got {self.act_percentile}")

@@ -5,7 +5,13 @@ from torch import nn
 
 from dfq.models import load_model
 from dfq.quant.distill import mean_kd_loss
-from dfq.quant.equalize import equalize_streams, find_streams
+from dfq.quant.equalize import (
+    channel_clips,
+    equalize_clips,
+    equalize_streams,
+    find_clip_pairs,
+    find_streams,
+)
 from dfq.quant.fold import fold_bn
 from dfq.quant.insert import prepare
 from dfq.quant.quant_config import QuantConfig
@@ -91,3 +97,77 @@ def test_equalized_streams_quantize_to_four_bits_with_less_error():
         assert len(prep.equalized) == int(eq)
         losses[eq] = mean_kd_loss(model, teacher, x, cfg.kd_temperature)
     assert losses[True] < 0.5 * losses[False]
+
+
+class Mobile(nn.Module):
+    """Stem -> ReLU6 -> depthwise -> ReLU6 -> 1x1, whose stem channels span a factor of 100."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.Sequential(nn.Identity(), nn.ReLU6())  # timm's folded BatchNormAct2d
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            gain = torch.logspace(-2, 0, 8)
+            self.stem.weight.mul_(gain.view(-1, 1, 1, 1))
+            self.stem.bias.mul_(gain)
+
+    def forward(self, x):
+        y = self.pw(torch.nn.functional.relu6(self.dw(self.act(self.stem(x)))))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_clipped_pairs_are_a_layer_an_activation_and_a_depthwise_conv():
+    torch.manual_seed(0)
+    (pair,) = find_clip_pairs(Mobile().eval())
+    assert (pair.producer, pair.reader, pair.top) == ("stem", "dw", 6.0)
+    assert find_clip_pairs(Tiny().eval()) == []  # ReLU6 read by 1x1 convs only
+
+
+def test_clip_equalizing_keeps_the_float_output_and_evens_out_the_channels():
+    torch.manual_seed(0)
+    model = Mobile().eval()
+    x = torch.randn(8, 3, 8, 8)
+    ref = model(x)
+    (only,) = equalize_clips(model, [x])
+    assert torch.allclose(model(x), ref, atol=1e-5, rtol=1e-4)
+    before, after = only["range_spread"]
+    assert before > 10 and after == 1.0
+    with torch.no_grad():
+        peaks = model.act(model.stem(x)).transpose(0, 1).flatten(1).amax(1)
+    assert float(peaks.max()) <= 6.0
+
+
+def test_clip_equalized_activations_quantize_to_four_bits_with_less_error():
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    losses = {}
+    for eq in ("none", "max", "mse"):
+        torch.manual_seed(0)
+        model = Mobile().eval()
+        teacher = copy.deepcopy(model)
+        cfg = QuantConfig(wbits=8, abits=4, calib_batch_size=32, equalize_clips=eq)
+        prep = prepare(model, cfg, [x])
+        assert len(prep.equalized_clips) == int(eq != "none")
+        with torch.no_grad():  # the depthwise conv's output: it reads the equalized tensor
+            ref = teacher.dw(teacher.act(teacher.stem(x)))
+            out = model.dw(model.act(model.stem(x)))
+            losses[eq] = float((out - ref).pow(2).mean() / ref.pow(2).mean())
+    assert losses["max"] < 0.5 * losses["none"]
+    assert losses["mse"] < 0.5 * losses["none"]
+
+
+def _grid_error(x: torch.Tensor, clip: float, bits: int = 4) -> float:
+    step = clip / (2**bits - 1)
+    return float((torch.clamp(torch.round(x / step), 0, 2**bits - 1) * step - x).pow(2).mean())
+
+
+def test_a_long_tailed_channel_is_clipped_below_its_peak_and_an_even_one_at_it():
+    even = torch.linspace(0, 1, 10_000)
+    tailed = torch.empty(10_000).exponential_(generator=torch.Generator().manual_seed(0))
+    clips = channel_clips(torch.stack([even, tailed]), bits=4)
+    assert 0.95 <= float(clips[0]) <= 1.0
+    peak = float(tailed.max())
+    assert float(clips[1]) < 0.8 * peak
+    assert _grid_error(tailed, float(clips[1])) < 0.6 * _grid_error(tailed, peak)
