@@ -12,6 +12,7 @@ from dfq.cli.group import main
 from dfq.cli.options import debug, model_options, open_model, threads, threads_option
 from dfq.data import load_images
 from dfq.export import ExportConfig, export_onnx, prepare_for_export
+from dfq.export.export_config import WEIGHT_TYPES
 from dfq.quant.saved import load_quantized
 
 CALIB_NAMES = ("calibration.npz", "calib.npz")
@@ -38,7 +39,7 @@ CALIB_NAMES = ("calibration.npz", "calib.npz")
 )
 @click.option(
     "--weight-type",
-    type=click.Choice(["auto", "int8", "uint8"]),
+    type=click.Choice(WEIGHT_TYPES),
     default="auto",
     show_default=True,
     help="Container of the weight codes. int8 runs onnxruntime's U8S8 kernels, which saturate on "

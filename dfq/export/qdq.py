@@ -115,18 +115,18 @@ def _weight_nodes(
     scale = _scale(q)
     native = int4 and q.bits <= 4
     if native or not unsigned:
-        wtype = TensorProto.INT4 if q.signed else TensorProto.UINT4
         codes = codes.astype(np.int8 if q.signed else np.uint8)
         zp = np.zeros(scale.shape, np.int8 if q.signed else np.uint8)
     else:  # uint8 codes, signed ones shifted by 128: the U8U8 kernels (module docstring)
-        wtype = TensorProto.UINT8
         shift = U8_SIGNED_ZP if q.signed else 0
         codes = (codes.astype(np.int32) + shift).astype(np.uint8)
         zp = np.full(scale.shape, shift, np.uint8)
+    # only native 4-bit types need naming; otherwise the numpy dtype is the ONNX type
+    wtype = (TensorProto.INT4 if q.signed else TensorProto.UINT4) if native else None
     names = [
-        graph.const(f"{tag}.codes", codes, wtype if native else None),
+        graph.const(f"{tag}.codes", codes, wtype),
         graph.const(f"{tag}.scale", scale),
-        graph.const(f"{tag}.zero_point", zp, wtype if native else None),
+        graph.const(f"{tag}.zero_point", zp, wtype),
     ]
     attrs = {"axis": q.channel_axis} if q.channel_axis is not None else {}
     return [

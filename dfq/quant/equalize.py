@@ -70,14 +70,27 @@ def _joins(node: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node] | None
     return None
 
 
-def find_streams(model: nn.Module) -> list[Stream]:
-    """Every linear residual stream of `model` (eval mode) that can be equalized; [] when the
-    model does not trace with torch.fx."""
+def _traced(model: nn.Module) -> tuple[fx.Graph, dict[str, nn.Module], dict[str, int]] | None:
+    """The torch.fx graph of `model` (convs and linears as leaves), its modules and how often
+    each module is called; None when the model does not trace."""
     try:
         graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any trace failure means: leave the model as it is
+        return None
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return graph, dict(model.named_modules()), calls
+
+
+def find_streams(model: nn.Module) -> list[Stream]:
+    """Every linear residual stream of `model` (eval mode) that can be equalized; [] when the
+    model does not trace with torch.fx."""
+    traced = _traced(model)
+    if traced is None:
         return []
-    modules = dict(model.named_modules())
+    graph, modules, calls = traced
     parent: dict[fx.Node, fx.Node] = {}
 
     def root(n: fx.Node) -> fx.Node:
@@ -85,10 +98,7 @@ def find_streams(model: nn.Module) -> list[Stream]:
             n = parent[n]
         return n
 
-    calls: dict[str, int] = {}
     for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
         joined = _joins(node, modules)
         for src in joined or []:
             parent[root(src)] = root(node)
@@ -258,15 +268,10 @@ def _only_user(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
 def find_clip_pairs(model: nn.Module) -> list[ClipPair]:
     """Every conv / linear -> ReLU or ReLU6 -> depthwise conv chain of `model` (eval mode) in which
     each tensor has one reader; [] when the model does not trace with torch.fx."""
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # noqa: BLE001 - any trace failure means: leave the model as it is
+    traced = _traced(model)
+    if traced is None:
         return []
-    modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    graph, modules, calls = traced
     pairs = []
     for node in graph.nodes:
         if not (node.op == "call_module" and _layer(modules[node.target])):
