@@ -68,10 +68,12 @@ def _scale(q: nn.Module) -> np.ndarray:
 def lower_markers(
     model: onnx.ModelProto,
     found: dict[str, nn.Module],
-    int4: bool = False,
-    unsigned_weights: bool = True,
+    *,
+    int4: bool,
+    unsigned_weights: bool,
 ) -> None:
-    """Replace every marker in place; afterwards the graph holds only standard ONNX operators."""
+    """Replace every marker in place; afterwards the graph holds only standard ONNX operators.
+    The weight container (`unsigned_weights`) is the caller's choice: `ExportConfig.weight_type`."""
     graph = _Graph(model)
     new_nodes: list[onnx.NodeProto] = []
     grids: dict[str, tuple] = {}  # activation marker output -> its grid
