@@ -37,7 +37,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from dfq.quant.ranges import forward_all
+from dfq.quant.ranges import best_clip_fractions, forward_all
 
 ADDS = (operator.add, operator.iadd, torch.add)
 MAX_SCALE = 100.0
@@ -341,13 +341,6 @@ def equalize_clips(
 def channel_clips(x: torch.Tensor, bits: int, steps: int = 100) -> torch.Tensor:
     """Per row of `x` (channels, values >= 0 after a ReLU), the clipping point whose unsigned
     `bits`-bit grid reproduces the row with the least squared error."""
-    qmax = 2**bits - 1
     amax = x.amax(1).clamp_min(1e-12)
-    best, best_err = amax.clone(), torch.full_like(amax, math.inf)
-    for f in torch.linspace(1.0, 0.05, steps):
-        step = (amax * f / qmax).unsqueeze(1)
-        err = (torch.clamp(torch.round(x / step), 0, qmax) * step - x).pow(2).mean(1)
-        better = err < best_err
-        best = torch.where(better, amax * f, best)
-        best_err = torch.where(better, err, best_err)
-    return best
+    fracs = torch.linspace(1.0, 0.05, steps)
+    return amax * best_clip_fractions(x, amax, 0, 2**bits - 1, fracs)

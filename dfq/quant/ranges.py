@@ -97,6 +97,28 @@ def _fake(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.T
     return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
 
 
+def best_clip_fractions(
+    x: torch.Tensor,
+    amax: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    fracs: torch.Tensor,
+    min_step: float = 0.0,
+) -> torch.Tensor:
+    """The clipping search of every range init: per row of `x` (rows, values), the fraction of
+    `fracs` whose clipping point `amax[row] * frac` (its grid `[qmin, qmax]` times the step) gives
+    the least squared error; the first one of `fracs` on ties."""
+    best = torch.full_like(amax, float(fracs[0]))
+    best_err = torch.full_like(amax, float("inf"))
+    for frac in fracs:
+        step = (amax * frac / qmax).clamp_min(min_step)
+        err = (_fake(x, step[:, None], qmin, qmax) - x).pow(2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, frac, best)
+    return best
+
+
 @torch.no_grad()
 def init_weight_scale(q: Quantizer, w: torch.Tensor, method: str = "mse", steps: int = 80) -> None:
     """Per-channel clipping search on `w` (channel axis 0); `minmax` takes max |w| as it is."""
@@ -104,13 +126,9 @@ def init_weight_scale(q: Quantizer, w: torch.Tensor, method: str = "mse", steps:
     amax = flat.abs().amax(dim=1).clamp_min(1e-8)
     best_scale = amax / q.qmax
     if method == "mse":
-        best_err = torch.full_like(amax, float("inf"))
-        for frac in torch.linspace(1.0, 0.2, steps):
-            scale = (amax * frac / q.qmax).clamp_min(1e-8)
-            err = (_fake(flat, scale[:, None], q.qmin, q.qmax) - flat).pow(2).sum(dim=1)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_scale = torch.where(better, scale, best_scale)
+        fracs = torch.linspace(1.0, 0.2, steps)
+        frac = best_clip_fractions(flat, amax, q.qmin, q.qmax, fracs, min_step=1e-8)
+        best_scale = (amax * frac / q.qmax).clamp_min(1e-8)
     elif method != "minmax":
         raise ValueError(f"unknown weight init '{method}'")
     q.set_scale(best_scale.to(q.scale.dtype))
@@ -134,8 +152,8 @@ def init_act_scale(
         clip = float(torch.quantile(x.abs(), percentile / 100.0))
     elif method == "mse":
         fracs = torch.linspace(1.0, 0.05, steps)
-        errs = [(_fake(x, amax * f / q.qmax, q.qmin, q.qmax) - x).pow(2).mean() for f in fracs]
-        clip = amax * float(fracs[int(torch.stack(errs).argmin())])
+        row = x.flatten()[None]
+        clip = amax * float(best_clip_fractions(row, torch.tensor([amax]), q.qmin, q.qmax, fracs))
     else:
         raise ValueError(f"unknown activation init '{method}'")
     q.set_scale(max(clip, 1e-8) / q.qmax)
