@@ -37,7 +37,7 @@ def test_the_four_methods_are_registered():
 
 @pytest.mark.parametrize("method", ["dfad", "rdskd"])
 def test_cpu_imagenet_recipe_sizes_each_generator_game_and_it_runs(method):
-    """`imagenet-cpu` gives DFAD and RDSKD budgets of their own (the library defaults take an
+    """`imagenet-cpu` gives DFAD and RDSKD budgets of their own (the library defaults take
     25 to 90 minutes a round at 224 px on a CPU), and the methods run with the recipe's settings."""
     data = tiny_config()
     cfg = synth_config("imagenet-cpu", data)
