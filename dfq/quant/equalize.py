@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -265,6 +266,31 @@ def _only_user(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
             return None  # an addition: the tensor is not read by one layer alone
 
 
+def _clipped(
+    graph: fx.Graph, modules: dict[str, nn.Module]
+) -> Iterator[tuple[fx.Node, fx.Node, float]]:
+    """(layer node, activation node, its top) for every conv / linear whose output only a ReLU /
+    ReLU6 reads."""
+    for node in graph.nodes:
+        if not (node.op == "call_module" and _layer(modules[node.target])):
+            continue
+        act = _only_user(node, modules)
+        top = _clip_top(act, modules) if act is not None else None
+        if top is not None:
+            yield node, act, top
+
+
+def clipped_layers(model: nn.Module) -> dict[str, float]:
+    """Layer name -> the top of the ReLU (inf) / ReLU6 (6) that alone reads its output, for every
+    such conv / linear called once in `model` (eval mode); {} when it does not trace with
+    torch.fx. Outside (0, top) the layer's output does not reach the rest of the network."""
+    traced = _traced(model)
+    if traced is None:
+        return {}
+    graph, modules, calls = traced
+    return {n.target: top for n, _, top in _clipped(graph, modules) if calls[n.target] == 1}
+
+
 def find_clip_pairs(model: nn.Module) -> list[ClipPair]:
     """Every conv / linear -> ReLU or ReLU6 -> depthwise conv chain of `model` (eval mode) in which
     each tensor has one reader; [] when the model does not trace with torch.fx."""
@@ -273,12 +299,8 @@ def find_clip_pairs(model: nn.Module) -> list[ClipPair]:
         return []
     graph, modules, calls = traced
     pairs = []
-    for node in graph.nodes:
-        if not (node.op == "call_module" and _layer(modules[node.target])):
-            continue
-        act = _only_user(node, modules)
-        top = _clip_top(act, modules) if act is not None else None
-        reader = _only_user(act, modules) if top is not None else None
+    for node, act, top in _clipped(graph, modules):
+        reader = _only_user(act, modules)
         if reader is None or reader.op != "call_module":
             continue
         m = modules[reader.target]

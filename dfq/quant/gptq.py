@@ -13,6 +13,10 @@ quantized predecessors produce; a unit keeps nearest rounding when GPTQ does not
 error on the calibration images. The grid (step sizes) is the range initialization's; only the
 integer codes change. Costs seconds on a CPU: one pass per layer over its unit.
 
+`active` (AdaRound's objective through the activation): where a ReLU / ReLU6 alone reads a
+layer's output, an output position counts only where the float output lies inside (0, top), the
+range the activation passes on; each output channel then has its own H (its active positions).
+
 Two targets. `weights`: the layer's output with float weights on the same quantized inputs (only
 the rounding error is corrected). `float` (asymmetric calibration, as GPTAQ): the FP model's
 output on its own float inputs, so each layer also absorbs what quantizing its inputs changed.
@@ -29,11 +33,13 @@ from torch import nn
 
 from dfq.models.blocks import units
 from dfq.progress import StepBar
+from dfq.quant.equalize import clipped_layers
 from dfq.quant.layers import QuantConv2d
 from dfq.quant.quantizer import disabled
 from dfq.quant.reconstruct import StopForward, capture, run_hooked, unit_layers, unit_loss
 
 MAX_DAMP_TRIES = 4
+MASK_CHUNK = 2**25  # values in a masked copy of the input columns
 
 
 def layer_columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +74,19 @@ class Hessian:
         return torch.cat([cols, cols.new_ones(cols.shape[0], 1, cols.shape[2])], dim=1)
 
     @torch.no_grad()
-    def add(self, cols: torch.Tensor, fp_cols: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        cols: torch.Tensor,
+        fp_cols: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Accumulate columns (groups, d, n); with `mask` (groups, out, n) one H per output channel
+        over its positions where the mask is 1: then H is (groups, out, d', d')."""
         cols = self._ones(cols)
-        h = torch.einsum("gdn,gen->gde", cols, cols).double()
+        if mask is None:
+            h = torch.einsum("gdn,gen->gde", cols, cols).double()
+        else:
+            h = _masked_gram(cols, mask)
         self.h = h if self.h is None else self.h + h
         if fp_cols is not None:
             c = torch.einsum("gdn,gen->gde", self._ones(fp_cols), cols).double()
@@ -82,6 +98,30 @@ class Hessian:
 
     def cross_value(self) -> torch.Tensor | None:
         return None if self.cross is None else self.cross / max(1, self.n)
+
+
+def _masked_gram(cols: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`sum_n mask[g, o, n] x_n x_n^T` for each group and output channel: (groups, out, d, d), in
+    chunks of output channels that keep the masked copy of the columns near MASK_CHUNK values."""
+    g, d, n = cols.shape
+    out = mask.shape[1]
+    k = max(1, MASK_CHUNK // (g * d * n))
+    parts = []
+    for j in range(0, out, k):
+        m = mask[:, j : j + k, None, :].to(cols.dtype)  # (g, k, 1, n)
+        parts.append(((cols[:, None] * m) @ cols[:, None].transpose(2, 3)).double())
+    return torch.cat(parts, dim=1)
+
+
+def active_mask(layer: nn.Module, cols: torch.Tensor, top: float) -> torch.Tensor:
+    """(groups, out, n): 1 where `layer`'s output with its float weights on `cols` (its input
+    columns, see `layer_columns`) lies strictly inside (0, `top`)."""
+    g, _, n = cols.shape
+    w = layer.weight.detach().reshape(g, layer.weight.shape[0] // g, -1).float()
+    y = w @ cols
+    if layer.bias is not None:
+        y = y + layer.bias.detach().reshape(g, -1, 1).float()
+    return (y > 0) & (y < top)
 
 
 def least_squares_target(
@@ -186,6 +226,9 @@ def gptq_layer(
         full = torch.cat([wg, bias[..., None]], dim=2) if bias is not None else wg
         full = least_squares_target(full, h, cross, fit_damp)
         wg, bias = (full[..., :-1], full[..., -1]) if bias is not None else (full, None)
+    if h.dim() == 4:  # one H per output channel (`active`): each channel its own group
+        wg, scale, h = wg.reshape(g * out, 1, -1), scale.reshape(g * out, 1, 1), h.flatten(0, 1)
+        bias = None if bias is None else bias.reshape(g * out, 1)
     new_w, new_b = gptq_round(wg, h, scale, q.qmin, q.qmax, bias, damp, soft)
     w.copy_(new_w.reshape_as(w))
     if new_b is not None:
@@ -199,15 +242,18 @@ def layer_hessian(
     x: torch.Tensor,
     batch_size: int,
     fp: tuple[nn.Module, nn.Module, torch.Tensor] | None = None,
+    top: float | None = None,
 ) -> Hessian | None:
     """H of `layer`'s inputs while `block` runs on `x` (stopped at the layer); with `fp` = (float
-    block, its layer, its inputs) also the cross term with the float model's columns."""
+    block, its layer, its inputs) also the cross term with the float model's columns; with `top`
+    one H per output channel over the positions where its output is inside (0, top)."""
     acc = Hessian(layer.bias is not None)
     for i in range(0, len(x), batch_size):
         cols = _columns(block, layer, x[i : i + batch_size])
         fp_cols = None if fp is None else _columns(fp[0], fp[1], fp[2][i : i + batch_size])
         if cols is not None and (fp is None or fp_cols is not None):
-            acc.add(cols, fp_cols)
+            mask = None if top is None else active_mask(layer, cols, top)
+            acc.add(cols, fp_cols, mask)
     return acc if acc.n else None
 
 
@@ -234,16 +280,22 @@ def gptq(
     fpmodel: nn.Module | None = None,
     fit_damp: float = 0.01,
     soft: bool = False,
+    active: bool = False,
 ) -> dict:
     """GPTQ every unit of `qmodel` in forward order on (up to `max_images` of) `images`; returns
     each unit's output error with nearest rounding and after, and the units that kept nearest.
 
     With `fpmodel` (the same structure, every quantizer off, weights unrounded) the target is its
     output on its own inputs (asymmetric calibration, the fit damped by `fit_damp`); without,
-    each unit's output with float weights on the quantized inputs. `soft`: see `gptq_layer`."""
+    each unit's output with float weights on the quantized inputs. `soft`: see `gptq_layer`.
+    `active` (target `weights` only): layers read by a ReLU / ReLU6 alone count only the output
+    positions it passes (module docstring)."""
     qmodel.eval()
     images, bs = images[:max_images], batch_size
     names = units(qmodel)
+    tops = {}
+    if active and fpmodel is None:
+        tops = {qmodel.get_submodule(n): top for n, top in clipped_layers(qmodel).items()}
     losses, kept_nearest, skipped = {}, [], []
     with StepBar(len(names), "gptq", enabled=progress) as bar:
         for name in names:
@@ -262,7 +314,7 @@ def gptq(
             try:
                 for layer in layers:
                     fp = None if ref is None else (ref.block, ref.layers[every.index(layer)], ref.x)
-                    acc = layer_hessian(block, layer, x, bs, fp)
+                    acc = layer_hessian(block, layer, x, bs, fp, tops.get(layer))
                     if acc is not None:
                         gptq_layer(layer, acc.value(), damp, acc.cross_value(), fit_damp, soft)
             except ValueError:
@@ -276,7 +328,12 @@ def gptq(
                 kept_nearest.append(name)
                 after = before
             losses[name] = [before, after]
-    return {"unit_losses": losses, "kept_nearest": kept_nearest, "skipped": skipped}
+    return {
+        "unit_losses": losses,
+        "kept_nearest": kept_nearest,
+        "skipped": skipped,
+        "active_layers": len(tops),
+    }
 
 
 class _Reference:

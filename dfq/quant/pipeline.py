@@ -99,8 +99,10 @@ def quantize_(
                 fp if cfg.gptq_target == "float" else None,
                 cfg.gptq_fit_damp,
                 cfg.gptq_soft,
+                cfg.gptq_active,
             )
             info.update(
+                active_layers=res["active_layers"],
                 kept_nearest=res["kept_nearest"],
                 skipped=res["skipped"],
                 unit_losses=_rounded(res["unit_losses"]),

@@ -50,6 +50,9 @@ class QuantConfig:
     # keep GPTQ's weights before rounding (same codes): AdaRound then starts from how close each
     # rounding call was instead of from settled grid points it cannot move off in a short budget
     gptq_soft: bool = True
+    # a layer whose output only a ReLU / ReLU6 reads counts only the output positions it passes
+    # (inside (0, top)), one Hessian per output channel: AdaRound's objective through the activation
+    gptq_active: bool = False
     # block reconstruction (BRECQ / QDrop)
     reconstruct: bool = True
     recon_iters: int = 300  # per block

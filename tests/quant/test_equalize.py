@@ -7,6 +7,7 @@ from dfq.models import load_model
 from dfq.quant.distill import mean_kd_loss
 from dfq.quant.equalize import (
     channel_clips,
+    clipped_layers,
     equalize_clips,
     equalize_streams,
     find_clip_pairs,
@@ -124,6 +125,14 @@ def test_clipped_pairs_are_a_layer_an_activation_and_a_depthwise_conv():
     (pair,) = find_clip_pairs(Mobile().eval())
     assert (pair.producer, pair.reader, pair.top) == ("stem", "dw", 6.0)
     assert find_clip_pairs(Tiny().eval()) == []  # ReLU6 read by 1x1 convs only
+
+
+def test_clipped_layers_are_those_a_relu_or_relu6_alone_reads():
+    # Mobile: stem -> (identity, ReLU6), dw -> F.relu6; pw is averaged, fc is the output
+    assert clipped_layers(Mobile().eval()) == {"stem": 6.0, "dw": 6.0}
+    # Tiny: the stem's and the expansions' ReLU6, the head's torch.relu; projections feed additions
+    expands = {f"blocks.{i}.expand": 6.0 for i in range(3)}
+    assert clipped_layers(Tiny().eval()) == {"stem": 6.0, **expands, "head": float("inf")}
 
 
 def test_clip_equalizing_keeps_the_float_output_and_evens_out_the_channels():
