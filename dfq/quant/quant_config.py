@@ -94,6 +94,8 @@ class QuantConfig:
         _choice("act_init", self.act_init, ACT_INITS)
         _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         _choice("gptq_target", self.gptq_target, GPTQ_TARGETS)
+        if self.gptq_active and self.gptq_target != "weights":
+            raise DfqError("gptq_active works with gptq_target 'weights' only; set one of them")
         _choice("equalize_clips", self.equalize_clips, CLIP_EQUALIZATIONS)
         _choice("kd_params", self.kd_params, KD_PARAMS)
         if not 50.0 < self.act_percentile <= 100.0:

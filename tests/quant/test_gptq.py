@@ -1,8 +1,10 @@
 import copy
 
+import pytest
 import torch
 from torch import nn
 
+from dfq.errors import DfqError
 from dfq.models import load_model
 from dfq.quant.distill import mean_kd_loss
 from dfq.quant.gptq import (
@@ -224,6 +226,11 @@ def test_active_gptq_on_a_model_counts_the_relu_layers_and_lowers_the_kd_loss(re
     assert stages[False]["active_layers"] == 0
     assert stages[True]["active_layers"] == 10  # the stem conv and each block's first conv
     assert stages[True]["kd_loss"] < 0.9 * stages[False]["kd_loss"]
+
+
+def test_active_gptq_refuses_the_float_target():
+    with pytest.raises(DfqError, match="gptq_active works with gptq_target 'weights' only"):
+        QuantConfig(gptq_active=True, gptq_target="float")
 
 
 def test_pipeline_reports_the_gptq_stage(resnet20_weights):
