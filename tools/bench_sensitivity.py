@@ -64,12 +64,29 @@ def score(model: nn.Module, fp: nn.Module, x: torch.Tensor, fp_top: torch.Tensor
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_probe_args(ap: argparse.ArgumentParser) -> None:
+    """The model, its saved calibration set and the held-out synthetic set a probe scores on."""
     ap.add_argument("--model", default="timm:tf_efficientnet_lite0", choices=sorted(WEIGHTS))
     ap.add_argument("--calib", required=True, help="saved calibration set (.pt, normalized)")
     ap.add_argument("--heldout", required=True, help="saved held-out synthetic set (.pt)")
     ap.add_argument("--heldout-images", type=int, default=96)
+
+
+def load_probe(args: argparse.Namespace):
+    """(FP model in eval mode, its data config, calibration images, held-out images, the FP
+    model's argmax on them) for the arguments of `add_probe_args`."""
+    fp, dc = fp_model(args.model)
+    fp.eval()
+    calib = torch.load(args.calib, weights_only=True).float()
+    x = torch.load(args.heldout, weights_only=True).float()[: args.heldout_images]
+    with torch.no_grad():
+        fp_top = torch.cat([fp(b).argmax(1) for b in x.split(64)])
+    return fp, dc, calib, x, fp_top
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_probe_args(ap)
     ap.add_argument("--device", default="cpu")
     add_recipe_changes(ap, "quant", "the quantized model (default: W4A4, no fine-tuning)")
     ap.add_argument("--out", default="runs/sensitivity")
@@ -77,14 +94,9 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fp, dc = fp_model(args.model)
-    fp.eval()
+    fp, dc, calib, x, fp_top = load_probe(args)
     changes = {"reconstruct": False, "kd_iters": 0, **recipe_changes(args.quant)}
     cfg = quant_config(None, dc, changes, device=args.device)
-    calib = torch.load(args.calib, weights_only=True).float()
-    x = torch.load(args.heldout, weights_only=True).float()[: args.heldout_images]
-    with torch.no_grad():
-        fp_top = torch.cat([fp(b).argmax(1) for b in x.split(64)])
     model, _ = fp_model(args.model)
     start = time.perf_counter()
     quantize_(model, cfg, calib, progress=False)

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 import torch
-from bench_quant import WEIGHTS, fp_model
-from bench_sensitivity import score
+from bench_quant import fp_model
+from bench_sensitivity import add_probe_args, load_probe, score
 from recipe_args import add_recipe_changes, recipe_changes
 from torch import nn
 
@@ -41,23 +41,15 @@ def weight_role(name: str, layer: nn.Module, clipped: dict[str, float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="timm:tf_efficientnet_lite0", choices=sorted(WEIGHTS))
-    ap.add_argument("--calib", required=True, help="saved calibration set (.pt, normalized)")
-    ap.add_argument("--heldout", required=True, help="saved held-out synthetic set (.pt)")
-    ap.add_argument("--heldout-images", type=int, default=96)
+    add_probe_args(ap)
     add_recipe_changes(ap, "quant", "the quantized model (default: the recipe's, W4)")
     ap.add_argument("--out", default="runs/weight_groups")
     args = ap.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fp, dc = fp_model(args.model)
-    fp.eval()
+    fp, dc, calib, x, top = load_probe(args)
     cfg = quant_config(None, dc, recipe_changes(args.quant), device="cpu")
-    calib = torch.load(args.calib, weights_only=True).float()
-    x = torch.load(args.heldout, weights_only=True).float()[: args.heldout_images]
-    with torch.no_grad():
-        top = torch.cat([fp(b).argmax(1) for b in x.split(64)])
     model, _ = fp_model(args.model)
     model.eval()
     prepare(model, cfg, list(calib.split(cfg.calib_batch_size)))
