@@ -4,7 +4,7 @@
 # git-ignored folder DATA that travels with the call (carry):
 #   DATA/cifar10-resnet20.th  DATA/cifar10-test-lossless-846.npz  DATA/imagenet-efficientnet-lite0.pth
 #
-#   bash tools/bench_gpu.sh e2e DATA          # resnet20 --bits 4, then Lite0 --bits 4, then --bits 8
+#   bash tools/bench_gpu.sh e2e DATA          # resnet20 --bits 4 (R20=0 skips it), then Lite0 --bits 4, then --bits 8
 #                                             # and W4A8 on its set, while time is left. Lite0 takes
 #                                             # --recipe $LITE0_RECIPE (default imagenet-cpu: the GPU
 #                                             # recipe's synthesis alone runs ~24 min on an H200,
@@ -46,14 +46,16 @@ e2e() {
     python3 -c "import torch,timm,onnxruntime,onnx;print(torch.__version__,timm.__version__,onnxruntime.__version__,onnx.__version__,torch.cuda.get_device_name())"
   } >$L/gpu.txt 2>&1
   local s rc
-  s=$(date +%s)
-  timeout 150 python3 -m dfq quantize cifar10_resnet20 --weights $W/cifar10-resnet20.th --bits 4 \
-    --eval-data $W/cifar10-test-lossless-846.npz --out /tmp/r20 >$L/r20.log 2>&1
-  rc=$?
-  echo "r20 rc=$rc wall=$(($(date +%s) - s))" >>$L/gpu.txt
-  pack
-  # A crash (not a timeout) on the small model ends the call early, leaving device time to rerun.
-  if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then return; fi
+  if [ "${R20:-1}" = 1 ]; then
+    s=$(date +%s)
+    timeout 150 python3 -m dfq quantize cifar10_resnet20 --weights $W/cifar10-resnet20.th --bits 4 \
+      --eval-data $W/cifar10-test-lossless-846.npz --out /tmp/r20 >$L/r20.log 2>&1
+    rc=$?
+    echo "r20 rc=$rc wall=$(($(date +%s) - s))" >>$L/gpu.txt
+    pack
+    # A crash (not a timeout) on the small model ends the call early, leaving device time to rerun.
+    if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then return; fi
+  fi
   s=$(date +%s)
   timeout $(($(left) - 20)) python3 -m dfq quantize $LITE0 --recipe "$LITE0_RECIPE" --bits 4 \
     --out /tmp/l4 >$L/l4.log 2>&1

@@ -87,6 +87,8 @@ class QuantConfig:
             raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
+        if self.amp is False:  # YAML reads a bare `off` as false
+            self.amp = "off"
         _choice("amp", self.amp, AMP_MODES)
         if self.log_every < 1 or self.class_images < 0 or self.class_images == 1:
             raise DfqError("log_every must be >= 1 and class_images 0 (automatic) or >= 2")

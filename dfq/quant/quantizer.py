@@ -17,15 +17,48 @@ from torch import nn
 MIN_SCALE = 1e-8
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round in the forward pass, identity gradient in the backward pass."""
-    return (x.round() - x).detach() + x
+class _FakeQuant(torch.autograd.Function):
+    """`clamp(round(x / s), qmin, qmax) * s` with LSQ's gradients, in few whole-tensor passes.
+
+    LSQ's gradients (Esser et al., rounding of the clipped `v = x / s`): d/dx is 1 where
+    `qmin <= v <= qmax` and 0 elsewhere; d/ds is `round(v) - v` there and the bound `v` is clipped
+    to elsewhere, times `factor`. Written out, the forward pass is four tensor operations (three in
+    place) instead of the eight of autograd through `clamp(round_ste(x / s)) * s`, and the backward
+    recomputes `v` from `x` instead of keeping it: the fake quantizers were 70% of a W4A4
+    EfficientNet-Lite0 training step on a CPU, and on a GPU each operation is a kernel launch.
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, qmin, qmax, factor):
+        ctx.save_for_backward(x, s)
+        ctx.grid = (qmin, qmax, factor)
+        return torch.div(x, s).round_().clamp_(qmin, qmax).mul_(s)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, s = ctx.saved_tensors
+        qmin, qmax, factor = ctx.grid
+        v = x / s
+        clipped = v.clamp(qmin, qmax)
+        gx = g.masked_fill(clipped != v, 0.0)
+        gs = None
+        if ctx.needs_input_grad[1]:
+            # sum of g * (round(clipped) - [v on the grid] * v), reduced to the step's shape
+            code = clipped.round_()
+            if s.numel() == 1:
+                gs = torch.dot(g.reshape(-1), code.reshape(-1)) - torch.dot(
+                    gx.reshape(-1), v.reshape(-1)
+                )
+            else:
+                gs = (g * code - gx * v).flatten(1).sum(1)
+            gs = gs.reshape(s.shape) * factor
+        return (gx if ctx.needs_input_grad[0] else None), gs, None, None, None
 
 
-def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Same value, gradient multiplied by `factor` (LSQ keeps step-size updates in scale with
-    weights)."""
-    return (x - x * factor).detach() + x * factor
+def fake_quant(x: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int, factor: float = 1.0):
+    """`clamp(round(x / s), qmin, qmax) * s`, straight-through for `x`, LSQ for `s` (its
+    gradient times `factor`); `s` is a scalar or, per channel, broadcasts along dim 0."""
+    return _FakeQuant.apply(x, s, qmin, qmax, factor)
 
 
 class Quantizer(nn.Module):
@@ -86,10 +119,8 @@ class Quantizer(nn.Module):
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()  # the grid arithmetic in float32, also under bf16 autocast
         per_scale = x.numel() / max(1, self.scale.numel())
-        s = self.step(x)
-        if self.scale.requires_grad and torch.is_grad_enabled():
-            s = grad_scale(s, 1.0 / math.sqrt(per_scale * max(1, self.qmax)))
-        q = torch.clamp(round_ste(x / s), self.qmin, self.qmax) * s
+        factor = 1.0 / math.sqrt(per_scale * max(1, self.qmax))
+        q = fake_quant(x, self.step(x), self.qmin, self.qmax, factor)
         if self.drop_prob > 0 and torch.is_grad_enabled():
             q = torch.where(torch.rand_like(x) < self.drop_prob, x, q)
         return q

@@ -198,6 +198,8 @@ class SynthConfig:
         if not isinstance(self.method, str) or not self.method:
             raise DfqError(f"method must be a synthesizer name, got {self.method!r}")
         _one_of("param", self.param, PARAMS)
+        if self.amp is False:  # YAML reads a bare `off` as false
+            self.amp = "off"
         _one_of("amp", self.amp, AMP_MODES)
         _one_of("relation_direction", self.relation_direction, DIRECTIONS)
         _one_of("relation_labels", self.relation_labels, RELATION_LABELS)

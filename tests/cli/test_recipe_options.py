@@ -109,9 +109,14 @@ def test_set_values_are_yaml(record_quantize):
         "quant.act_init=minmax",
         "--set",
         "synth.seed=7",
+        "--set",
+        "quant.amp=off",  # YAML reads a bare off as false: still the mode 'off'
+        "--set",
+        "synth.amp=off",
     )
     assert res.exit_code == 0, res.output
     synth, quant = record_quantize["synth_cfg"], record_quantize["cfg"]
+    assert quant.amp == "off" and synth.amp == "off"
     assert synth.betas == (0.4, 0.9) and synth.relation is False and synth.seed == 7
     assert quant.kd_lr == pytest.approx(2e-5) and quant.act_init == "minmax"
     assert record_quantize["seed"] == 7  # no --seed: the run uses the recipe's seed

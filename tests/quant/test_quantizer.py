@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dfq.quant.quantizer import Quantizer
+from dfq.quant.quantizer import Quantizer, fake_quant
 
 
 def test_signed_4bit_levels_clipping_and_zero_point():
@@ -60,6 +60,45 @@ def test_ste_and_lsq_gradients():
     g = 1.0 / (3 * 7) ** 0.5
     want = ((0 - 0.3) + (1 - 0.6) + 7) * g
     assert q.scale.grad.item() == pytest.approx(want, rel=1e-5)
+
+
+def _autograd_reference(x, s, qmin, qmax, factor):
+    """LSQ as autograd: clip, round straight through, step-size gradient scaled by factor."""
+    s = (s - s * factor).detach() + s * factor
+    v = torch.clamp(x / s, qmin, qmax)
+    return ((v.round() - v).detach() + v) * s
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quant_matches_the_autograd_graph(per_channel):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) * 3
+    scale = torch.rand(4, 1, 1, 1) + 0.5 if per_channel else torch.tensor(0.9)
+    codes = torch.tensor([7.4, 7.6, -8.4, -8.6, 0.2])  # the half-step bands beyond both ends
+    x[0, 0, 0, :] = codes * scale.flatten()[0]
+    grad_out = torch.randn_like(x)
+    got, want = [], []
+    for fn, out in ((fake_quant, got), (_autograd_reference, want)):
+        xx, ss = x.clone().requires_grad_(True), scale.clone().requires_grad_(True)
+        y = fn(xx, ss, -8, 7, 0.3)
+        y.backward(grad_out)
+        out += [y.detach(), xx.grad, ss.grad]
+    # (the reference's grad_scale trick moves s, and its d/dx is g * s / s: equal to rounding)
+    assert torch.allclose(got[0], want[0], rtol=1e-6, atol=0)
+    assert torch.allclose(got[1], want[1], rtol=1e-6, atol=0)
+    band = got[1][0, 0, 0]  # beyond the bounds no gradient, also where rounding lands on them
+    assert band[:4].eq(0).all() and band[4] == grad_out[0, 0, 0, 4]
+    assert torch.allclose(got[2], want[2], rtol=1e-4, atol=1e-5)
+
+
+def test_fake_quant_without_gradients_for_one_input():
+    x = torch.tensor([0.3, 0.6, 20.0], requires_grad=True)
+    s = torch.tensor(1.0)
+    fake_quant(x, s, -8, 7).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([1.0, 1.0, 0.0]))
+    s = torch.tensor(1.0, requires_grad=True)
+    fake_quant(torch.tensor([0.3, 9.0]), s, -8, 7).sum().backward()
+    assert s.grad.item() == pytest.approx(-0.3 + 7)
 
 
 def test_bad_bits_refused():
