@@ -75,6 +75,9 @@ e2e() {
     pack
     [ -f /tmp/$d/model.onnx ] && cp /tmp/$d/model.onnx "$OUT/$d.onnx"
   done
+  # (2026-11-27: l8.onnx did not come back although its run passed its export check)
+  ls -la /tmp/l4 /tmp/l8 /tmp/l48 "$OUT" >>$L/gpu.txt 2>&1
+  pack
 }
 
 forward() {

@@ -24,8 +24,9 @@ class _FakeQuant(torch.autograd.Function):
     `qmin <= v <= qmax` and 0 elsewhere; d/ds is `round(v) - v` there and the bound `v` is clipped
     to elsewhere, times `factor`. Written out, the forward pass is four tensor operations (three in
     place) instead of the eight of autograd through `clamp(round_ste(x / s)) * s`, and the backward
-    recomputes `v` from `x` instead of keeping it: the fake quantizers were 70% of a W4A4
-    EfficientNet-Lite0 training step on a CPU, and on a GPU each operation is a kernel launch.
+    recomputes `v` from `x` instead of keeping it. A W4A4 EfficientNet-Lite0 training step (batch
+    32, 2 CPU cores) took 9.0 s through autograd, 81% of it in the quantizers, and takes 4.0 s with
+    this function (`tools/bench_fake_quant.py`); on a GPU each operation is a kernel launch.
     """
 
     @staticmethod
