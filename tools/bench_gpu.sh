@@ -6,9 +6,9 @@
 #
 #   bash tools/bench_gpu.sh e2e DATA          # resnet20 --bits 4 (R20=0 skips it), then Lite0 --bits 4, then --bits 8
 #                                             # and W4A8 on its set, while time is left. Lite0 takes
-#                                             # --recipe $LITE0_RECIPE (default imagenet-cpu: the GPU
-#                                             # recipe's synthesis alone runs ~24 min on an H200,
-#                                             # past a device call's 10; LITE0_RECIPE=imagenet for it)
+#                                             # --recipe $LITE0_RECIPE (default imagenet-cpu, the
+#                                             # CPU recipe on the GPU; LITE0_RECIPE=imagenet for the
+#                                             # GPU one, resized on 2026-11-27 to 266 s for --bits 4)
 #   bash tools/bench_gpu.sh forward           # bare Lite0 forward+backward, batch 32: fp32 / bf16,
 #                                             # contiguous / channels_last
 #   bash tools/bench_gpu.sh synth-parts DATA  # 100 synthesis steps of one Lite0 batch, parts removed
