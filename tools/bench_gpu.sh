@@ -8,7 +8,11 @@
 #                                             # and W4A8 on its set, while time is left. Lite0 takes
 #                                             # --recipe $LITE0_RECIPE (default imagenet-cpu, the
 #                                             # CPU recipe on the GPU; LITE0_RECIPE=imagenet for the
-#                                             # GPU one, resized on 2026-11-27 to 266 s for --bits 4)
+#                                             # GPU one: --bits 4 in 169 s on an H200, 2026-11-27)
+#   bash tools/bench_gpu.sh variants DATA 'b128:--recipe imagenet' 'b32:--recipe imagenet --set synth.batch_size=32'
+#                                             # Lite0 --bits 4 once per NAME:OPTIONS, each whole
+#                                             # (synthesis, distillation, export); NAME.onnx and logs
+#                                             # come back, to be scored with dfq evaluate
 #   bash tools/bench_gpu.sh forward           # bare Lite0 forward+backward, batch 32: fp32 / bf16,
 #                                             # contiguous / channels_last
 #   bash tools/bench_gpu.sh synth-parts DATA  # 100 synthesis steps of one Lite0 batch, parts removed
@@ -18,7 +22,7 @@
 # Results go to $OUT (the device tool's folder) or ./runs/gpu; each step has its own timeout so
 # that whatever finished comes back inside the device call's 10-minute limit.
 set -u
-MODE=${1:?e2e, forward, synth-parts or profile}
+MODE=${1:?e2e, variants, forward, synth-parts or profile}
 W=${2:-gpu_data}
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -80,6 +84,27 @@ e2e() {
   pack
 }
 
+variants() {
+  local L=/tmp/logs spec d opts s
+  mkdir -p $L
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >$L/gpu.txt 2>&1
+  for spec in "$@"; do
+    d=${spec%%:*}
+    opts=${spec#*:}
+    [ "$(left)" -gt 60 ] || break
+    s=$(date +%s)
+    # shellcheck disable=SC2086
+    timeout $(($(left) - 10)) python3 -m dfq quantize $LITE0 --bits 4 $opts --out /tmp/$d \
+      >$L/$d.log 2>&1
+    echo "$d rc=$? wall=$(($(date +%s) - s)) opts=$opts" >>$L/gpu.txt
+    for f in report.json report.md recipe.yaml; do
+      [ -f /tmp/$d/$f ] && cp /tmp/$d/$f $L/$d-$f
+    done
+    [ -f /tmp/$d/model.onnx ] && cp /tmp/$d/model.onnx "$OUT/$d.onnx"
+    tar czf "$OUT/logs.tgz" -C $L .
+  done
+}
+
 forward() {
   timeout 100 python3 - <<'PY' 2>&1 | tee "$OUT/forward.txt"
 import time
@@ -136,8 +161,9 @@ profile() {
 
 case $MODE in
   e2e) e2e ;;
+  variants) shift 2; variants "$@" ;;
   forward) forward ;;
   synth-parts) synth_parts ;;
   profile) profile ;;
-  *) echo "bench_gpu.sh: unknown mode '$MODE' (e2e, forward, synth-parts or profile)" >&2; exit 2 ;;
+  *) echo "bench_gpu.sh: unknown mode '$MODE' (e2e, variants, forward, synth-parts or profile)" >&2; exit 2 ;;
 esac

@@ -55,11 +55,28 @@ from dfq.quant.saved import load_quantized
     is_flag=True,
     help="For an .onnx TARGET: also measure batch-1 p50/p90 latency and batch-32 throughput.",
 )
+@click.option(
+    "--as-stored",
+    is_flag=True,
+    help="For an .onnx TARGET with int8 weights on an x86 CPU without VNNI: run the weights as "
+    "stored, on onnxruntime's saturating U8S8 kernels (what deploying this file here gives). "
+    "Default: score an exact uint8-weight copy (the model as exported).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @threads_option
 @debug
 def evaluate_cmd(
-    target, data, weights, pretrained, batch_size, limit, device, providers, latency, as_json
+    target,
+    data,
+    weights,
+    pretrained,
+    batch_size,
+    limit,
+    device,
+    providers,
+    latency,
+    as_stored,
+    as_json,
 ) -> None:
     """Top-1 / top-5 accuracy of TARGET on real images.
 
@@ -67,10 +84,14 @@ def evaluate_cmd(
     PyTorch model, with the data config it was made with), or an .onnx file (run by onnxruntime).
     """
     if target.endswith(".onnx"):
-        _evaluate_onnx(target, data, providers, batch_size or 256, limit, latency, as_json)
+        _evaluate_onnx(
+            target, data, providers, batch_size or 256, limit, latency, as_stored, as_json
+        )
         return
-    if providers or latency:
-        raise click.UsageError("--providers and --latency apply to an .onnx TARGET only")
+    if providers or latency or as_stored:
+        raise click.UsageError(
+            "--providers, --latency and --as-stored apply to an .onnx TARGET only"
+        )
     dev = resolve_device(device)
     if (Path(target) / "quantized.pt").is_file():  # a `dfq quantize` output directory
         model, cfg = load_quantized(target)
@@ -91,7 +112,7 @@ def evaluate_cmd(
         )
 
 
-def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json) -> None:
+def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_stored, as_json):
     names = [p.strip() for p in providers.split(",") if p.strip()] if providers else None
     result = evaluate_onnx(
         target,
@@ -102,6 +123,7 @@ def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json)
         latency,
         show_progress=not as_json,
         threads=threads(),
+        as_stored=as_stored,
     )
     result.update(target=target, data=str(data))
     if as_json:
@@ -111,6 +133,13 @@ def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_json)
         f"{target}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
         f"({result['n']} images, {result['seconds']:.1f} s, {result['providers'][0]})"
     )
+    if result["weights_shifted"]:
+        line += (
+            f"\n  note: {result['weights_shifted']} int8 weight tensors scored as an exact uint8 "
+            "copy: onnxruntime's int8 kernels saturate on this CPU (x86 without VNNI). To deploy "
+            "here, re-export with `dfq export --weight-type uint8`; --as-stored measures the "
+            "file as it is."
+        )
     if latency:
         line += (
             f"\n  latency batch 1: p50 {result['latency_ms_p50']:.2f} ms, "

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
+
 from dfq.data import load_images
 from dfq.errors import DfqError
 from dfq.evaluate import evaluate
@@ -18,6 +21,7 @@ from dfq.export.runtime import (
     session_data_config,
     session_options,
 )
+from dfq.export.weight_codes import saturates_here, to_unsigned_weights
 
 
 def evaluate_onnx(
@@ -29,12 +33,16 @@ def evaluate_onnx(
     latency: bool = False,
     show_progress: bool = True,
     threads: int | None = None,
+    as_stored: bool = False,
 ) -> dict:
     """Top-1 / top-5 of `path` on `data`; `latency` adds batch-1 p50 / p90 ms, batch-32 images/s.
 
     `threads` caps onnxruntime's intra-op threads (default: one per core), for shared machines.
+    int8 weights that onnxruntime would run on saturating kernels here (a file exported on a VNNI
+    CPU, scored on one without) are scored as an exact uint8 copy (`weights_shifted` in the
+    result) unless `as_stored`, which measures what this CPU's kernels make of the file.
     """
-    session = open_session(path, providers, session_options(threads))
+    session, shifted = exact_session(path, providers, threads, as_stored)
     cfg = session_data_config(session, str(path))
     out_shape = session.get_outputs()[0].shape
     if len(out_shape) == 2 and isinstance(out_shape[1], int):
@@ -51,6 +59,25 @@ def evaluate_onnx(
         onnx_predictor(session), images, cfg, batch_size=batch_size, show_progress=show_progress
     )
     result["providers"] = session.get_providers()
+    result["weights_shifted"] = shifted
     if latency:
         result.update(latency_report(session, tuple(cfg.input_size)))
     return result
+
+
+def exact_session(
+    path: str | Path, providers: list[str] | None, threads: int | None, as_stored: bool = False
+) -> tuple[ort.InferenceSession, int]:
+    """A session of `path`; on a CPU whose int8 kernels saturate, of its exact uint8-weight copy
+    (`dfq.export.weight_codes`). Also returns how many weight tensors were shifted."""
+    session = open_session(path, providers, session_options(threads))
+    if as_stored or session.get_providers()[0] != "CPUExecutionProvider":
+        return session, 0
+    proto = onnx.load(str(path))
+    if not saturates_here(proto):
+        return session, 0
+    shifted = to_unsigned_weights(proto)
+    copy = ort.InferenceSession(
+        proto.SerializeToString(), session_options(threads), providers=session.get_providers()
+    )
+    return copy, shifted
