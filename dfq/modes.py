@@ -42,9 +42,6 @@ def trainable(params: list[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-AMP_MODES = ("auto", "bf16", "off")
-
-
 def autocast(dev: torch.device, amp: str = "auto"):
     """bfloat16 autocast on CUDA ('auto') or wherever asked ('bf16'). Losses, BN statistics and
     quantizer arithmetic stay float32 (the callers cast to float where it matters)."""

@@ -1,7 +1,7 @@
 """The package's import graph: no cycles, and every import points down the layers.
 
 models <- data <- calibration <- synth <- quant <- export <- run <- cli, with the base modules
-(errors, device, progress, config, files, modes) below everything. Imports inside functions
+(errors, device, progress, config, files, modes, amp) below everything. Imports inside functions
 count too: a cycle hidden in a function is still a cycle.
 """
 
@@ -18,6 +18,7 @@ LAYERS = {
     "config": 0,
     "files": 0,
     "modes": 0,
+    "amp": 0,
     "": 1,
     "models": 1,
     "data": 2,

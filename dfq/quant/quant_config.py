@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dfq.amp import amp_mode
 from dfq.errors import DfqError
 
-AMP_MODES = ("auto", "bf16", "off")
 PROTOCOLS = ("deploy", "gdfq", "genie")
 WEIGHT_INITS = ("mse", "minmax")
 ACT_INITS = ("mse", "percentile", "minmax")
@@ -87,9 +87,7 @@ class QuantConfig:
             raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
-        if self.amp is False:  # YAML reads a bare `off` as false
-            self.amp = "off"
-        _choice("amp", self.amp, AMP_MODES)
+        self.amp = amp_mode(self.amp)
         if self.log_every < 1 or self.class_images < 0 or self.class_images == 1:
             raise DfqError("log_every must be >= 1 and class_images 0 (automatic) or >= 2")
         _choice("weight_init", self.weight_init, WEIGHT_INITS)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dfq.amp import amp_mode
 from dfq.errors import DfqError
 
 PARAMS = ("generator", "pixels")
-AMP_MODES = ("auto", "bf16", "off")
 DIRECTIONS = ("swapped", "standard")
 RELATION_LABELS = ("argmax", "target")
 RELATION_FEATURES = ("stages", "penultimate")
@@ -198,9 +198,7 @@ class SynthConfig:
         if not isinstance(self.method, str) or not self.method:
             raise DfqError(f"method must be a synthesizer name, got {self.method!r}")
         _one_of("param", self.param, PARAMS)
-        if self.amp is False:  # YAML reads a bare `off` as false
-            self.amp = "off"
-        _one_of("amp", self.amp, AMP_MODES)
+        self.amp = amp_mode(self.amp)
         _one_of("relation_direction", self.relation_direction, DIRECTIONS)
         _one_of("relation_labels", self.relation_labels, RELATION_LABELS)
         _one_of("relation_features", self.relation_features, RELATION_FEATURES)
