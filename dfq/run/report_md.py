@@ -188,7 +188,20 @@ def _export(report: Mapping[str, Any]) -> str:
     ):
         if isinstance(check.get(key), (int, float)):
             out.append(f"- {label}: {fmt.format(check[key])}")
+    kind = WEIGHT_CONTAINERS.get(export.get("weight_type"))
+    if kind:
+        out += ["", kind]
     return "\n".join(out)
+
+
+WEIGHT_CONTAINERS = {
+    "int8": "Weights are stored as int8 codes: onnxruntime runs them exactly on x86 CPUs with VNNI "
+    "and on other architectures, but saturates on x86 CPUs without it (AVX2 only); to deploy "
+    "on such a CPU, re-export: `dfq export DIR --out model-u8.onnx --weight-type uint8`.",
+    "uint8": "Weights are stored as uint8 codes at zero point 128: exact on every CPU "
+    "(onnxruntime's U8U8 kernels), slower than int8 where VNNI exists "
+    "(`dfq export DIR --out model-s8.onnx --weight-type int8`).",
+}
 
 
 def _unquantized(report: Mapping[str, Any]) -> str:

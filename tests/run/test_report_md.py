@@ -37,6 +37,7 @@ def _report() -> dict:
         "unquantized_layers": ["pool (AdaptiveAvgPool2d): not a conv or linear"],
         "export": {
             "path": "out/model.onnx",
+            "weight_type": "int8",
             "check": {
                 "images": 256,
                 "step": 0.05,
@@ -77,6 +78,7 @@ def test_sections_and_pictures(tmp_path):
     assert "| reconstruct | 1m35s | KD 0.31 |" in text
     assert "top-1 agreement: 99.6%" in text and "median max deviation (steps): 0.42" in text
     assert "`pool` (AdaptiveAvgPool2d): not a conv or linear" in text
+    assert "stored as int8 codes" in text and "--weight-type uint8" in text
     for name, file in PICTURES.items():
         assert f"![{name}]({file})" in text
     layers_caption = text.split("![layers](layers.png)")[1]
