@@ -137,8 +137,8 @@ def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_store
         line += (
             f"\n  note: {result['weights_shifted']} int8 weight tensors scored as an exact uint8 "
             "copy: onnxruntime's int8 kernels saturate on this CPU (x86 without VNNI). To deploy "
-            "here, re-export with `dfq export --weight-type uint8`; --as-stored measures the "
-            "file as it is."
+            "here, re-export: `dfq export DIR --out model-u8.onnx --weight-type uint8`; "
+            "--as-stored measures the file as it is."
         )
     if latency:
         line += (

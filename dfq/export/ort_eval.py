@@ -14,6 +14,7 @@ import onnxruntime as ort
 from dfq.data import load_images
 from dfq.errors import DfqError
 from dfq.evaluate import evaluate
+from dfq.export.export_config import weight_type_for_this_cpu
 from dfq.export.runtime import (
     latency_report,
     onnx_predictor,
@@ -21,7 +22,7 @@ from dfq.export.runtime import (
     session_data_config,
     session_options,
 )
-from dfq.export.weight_codes import saturates_here, to_unsigned_weights
+from dfq.export.weight_codes import to_unsigned_weights
 
 
 def evaluate_onnx(
@@ -71,12 +72,13 @@ def exact_session(
     """A session of `path`; on a CPU whose int8 kernels saturate, of its exact uint8-weight copy
     (`dfq.export.weight_codes`). Also returns how many weight tensors were shifted."""
     session = open_session(path, providers, session_options(threads))
-    if as_stored or session.get_providers()[0] != "CPUExecutionProvider":
+    on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
+    if as_stored or not on_cpu or weight_type_for_this_cpu() == "int8":  # int8 is exact here
         return session, 0
     proto = onnx.load(str(path))
-    if not saturates_here(proto):
-        return session, 0
     shifted = to_unsigned_weights(proto)
+    if not shifted:
+        return session, 0
     copy = ort.InferenceSession(
         proto.SerializeToString(), session_options(threads), providers=session.get_providers()
     )

@@ -55,9 +55,9 @@ def test_evaluate_scores_the_exact_copy_only_where_int8_saturates(int8_file, tmp
     rng = np.random.default_rng(0)
     data = tmp_path / "d.npz"
     np.savez(data, x=rng.integers(0, 256, (20, 3, 16, 16), dtype=np.uint8), y=np.arange(20) % 5)
-    monkeypatch.setattr("dfq.export.weight_codes.weight_type_for_this_cpu", lambda: "uint8")
+    monkeypatch.setattr("dfq.export.ort_eval.weight_type_for_this_cpu", lambda: "uint8")
     here = evaluate_onnx(path, data, show_progress=False)
     assert here["weights_shifted"] == 5
     assert evaluate_onnx(path, data, show_progress=False, as_stored=True)["weights_shifted"] == 0
-    monkeypatch.setattr("dfq.export.weight_codes.weight_type_for_this_cpu", lambda: "int8")
+    monkeypatch.setattr("dfq.export.ort_eval.weight_type_for_this_cpu", lambda: "int8")
     assert evaluate_onnx(path, data, show_progress=False)["weights_shifted"] == 0
