@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,23 @@ from dfq.errors import DfqError
 C = TypeVar("C")
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that `1e-5` is a float (1.1 wants `1.0e-5`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Recipe files, `--set` values and the benchmarks' `--quant` values: YAML with `1e-5` a
+    number."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
 
 
 def check_keys(cls: type, keys: Iterable[str], where: str = "") -> None:
@@ -84,7 +102,7 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     """Read a recipe into a dict of sections; each section is later fed to `config_from_dict`."""
     path = find_recipe(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise DfqError(f"recipe {path} is not valid YAML ({e})") from None
     if not isinstance(data, dict):

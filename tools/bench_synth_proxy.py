@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from dfq.config import read_yaml
 from dfq.device import keep_freed_memory
 from dfq.models import load_model
 from dfq.quant.quant_config import QuantConfig
@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     keep_freed_memory()
     model, dc = load_model(args.model, weights=args.weights)
-    changes = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    changes = {k: read_yaml(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = synth_config(args.recipe, dc, {"num_images": args.images, **changes}, device="cpu")
     student = quantized_student(model, QuantConfig(), dc, cfg.seed, "cpu")
     start = time.perf_counter()

@@ -1,11 +1,11 @@
 """`--synth KEY=VALUE` / `--quant KEY=VALUE` for the benchmark scripts: recipe values changed for
-every run of a benchmark, parsed as YAML like `dfq quantize --set`."""
+every run of a benchmark, parsed as YAML (`1e-5` a number) like `dfq quantize --set`."""
 
 from __future__ import annotations
 
 import argparse
 
-import yaml
+from dfq.config import read_yaml
 
 
 def add_recipe_changes(ap: argparse.ArgumentParser, section: str, applies_to: str) -> None:
@@ -20,4 +20,4 @@ def add_recipe_changes(ap: argparse.ArgumentParser, section: str, applies_to: st
 
 def recipe_changes(values: list[str]) -> dict:
     """['iters=40', 'relation=false'] -> {'iters': 40, 'relation': False}."""
-    return {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in values)}
+    return {k: read_yaml(v) for k, v in (a.split("=", 1) for a in values)}

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from dfq.cli.group import enable_debug
+from dfq.config import read_yaml
 from dfq.device import limit_threads
 from dfq.device import resolve_device as resolve
 from dfq.errors import DfqError
@@ -22,7 +23,6 @@ from dfq.synth.synth_config import PARAMS
 
 _META_KEY = "dfq.model_extras"
 _THREADS_KEY = "dfq.threads"
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _floats(ctx, param, value):
@@ -251,7 +251,7 @@ def _sets(
                 f"expected SECTION.KEY=VALUE such as synth.iters=40, got '{item}'"
             )
         try:
-            value = _yaml_value(raw)
+            value = read_yaml(raw)
         except yaml.YAMLError:
             raise click.BadParameter(f"the value in '{item}' is not valid YAML") from None
         into = out.setdefault(section, {})
@@ -263,14 +263,6 @@ def _sets(
                 )
         into[names[-1]] = value
     return out
-
-
-def _yaml_value(raw: str) -> Any:
-    """YAML, except that '2e-5' is a number (YAML 1.1 wants '2.0e-5' and reads a string)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-        return float(value)
-    return value
 
 
 set_values = click.option(

@@ -87,6 +87,17 @@ def test_partial_recipe_layers_over_the_shipped_one_and_is_written(tmp_path):
     assert report["versions"]["onnxruntime"] == onnxruntime.__version__
 
 
+def test_exponent_numbers_in_a_recipe_file_are_numbers(tmp_path, record_quantize):
+    """PyYAML reads `1e-5` as a string (YAML 1.1 wants `1.0e-5`); a hand-written recipe uses it."""
+    recipe = tmp_path / "lr.yaml"
+    recipe.write_text("quant:\n  kd_lr: 3e-5\n  gptq_damp: 1E-3\nsynth:\n  lr_pixels: .5e-1\n")
+    res = run(*QUANTIZE, "--recipe", recipe)
+    assert res.exit_code == 0, res.output
+    quant, synth = record_quantize["cfg"], record_quantize["synth_cfg"]
+    assert quant.kd_lr == pytest.approx(3e-5) and quant.gptq_damp == pytest.approx(1e-3)
+    assert synth.lr_pixels == pytest.approx(0.05)
+
+
 def test_shipped_recipe_name_is_the_base(record_quantize):
     res = run(*QUANTIZE, "--recipe", "imagenet", "--set", "quant.kd_iters=5")
     assert res.exit_code == 0, res.output
