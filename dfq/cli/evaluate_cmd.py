@@ -19,6 +19,7 @@ from dfq.cli.options import (
 )
 from dfq.data import load_images
 from dfq.evaluate import evaluate
+from dfq.export.export_config import REEXPORT_UINT8
 from dfq.export.ort_eval import evaluate_onnx
 from dfq.quant.saved import load_quantized
 
@@ -137,7 +138,7 @@ def _evaluate_onnx(target, data, providers, batch_size, limit, latency, as_store
         line += (
             f"\n  note: {result['weights_shifted']} int8 weight tensors scored as an exact uint8 "
             "copy: onnxruntime's int8 kernels saturate on this CPU (x86 without VNNI). To deploy "
-            "here, re-export: `dfq export DIR --out model-u8.onnx --weight-type uint8`; "
+            f"here, re-export: `{REEXPORT_UINT8}`; "
             "--as-stored measures the file as it is."
         )
     if latency:

@@ -70,6 +70,10 @@ class ExportConfig:
                 raise DfqError(f"{name} must be in [0, 1], got {value}")
 
 
+# What evaluate's note and report.md tell a user whose int8 file saturates on their CPU.
+REEXPORT_UINT8 = "dfq export DIR --out model-u8.onnx --weight-type uint8"
+
+
 def weight_type_for_this_cpu() -> str:
     """ "int8" where onnxruntime's U8S8 kernels are exact (x86 with VNNI, other architectures),
     "uint8" on x86 without VNNI or when its CPU flags cannot be read."""

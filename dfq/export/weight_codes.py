@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper
 SHIFT = 128
 
 
-def _signed_weights(proto: onnx.ModelProto) -> dict[str, str]:
+def signed_weight_codes(proto: onnx.ModelProto) -> dict[str, str]:
     """int8 code initializers read by a DequantizeLinear with an int8 zero-point initializer,
     each mapped to that zero point."""
     inits = {t.name: t for t in proto.graph.initializer}
@@ -32,15 +32,10 @@ def _signed_weights(proto: onnx.ModelProto) -> dict[str, str]:
     return found
 
 
-def signed_weight_codes(proto: onnx.ModelProto) -> list[str]:
-    """Initializers read by a DequantizeLinear as int8 codes with an int8 zero-point initializer."""
-    return list(_signed_weights(proto))
-
-
 def to_unsigned_weights(proto: onnx.ModelProto) -> int:
     """Rewrite int8 weight codes (and their zero points) as uint8 + 128, in place: the same
     dequantized values. Returns how many weight tensors changed."""
-    signed = _signed_weights(proto)
+    signed = signed_weight_codes(proto)
     inits = {t.name: t for t in proto.graph.initializer}
     for name in sorted(set(signed) | set(signed.values())):
         t = inits[name]

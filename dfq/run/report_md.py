@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dfq.export.export_config import REEXPORT_UINT8
 from dfq.files import atomic_path
 from dfq.progress import format_duration
 
@@ -197,7 +198,7 @@ def _export(report: Mapping[str, Any]) -> str:
 WEIGHT_CONTAINERS = {
     "int8": "Weights are stored as int8 codes: onnxruntime runs them exactly on x86 CPUs with VNNI "
     "and on other architectures, but saturates on x86 CPUs without it (AVX2 only); to deploy "
-    "on such a CPU, re-export: `dfq export DIR --out model-u8.onnx --weight-type uint8`.",
+    f"on such a CPU, re-export: `{REEXPORT_UINT8}`.",
     "uint8": "Weights are stored as uint8 codes at zero point 128: exact on every CPU "
     "(onnxruntime's U8U8 kernels), slower than int8 where VNNI exists "
     "(`dfq export DIR --out model-s8.onnx --weight-type int8`).",

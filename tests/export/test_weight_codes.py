@@ -38,7 +38,7 @@ def test_shifted_codes_dequantize_to_the_same_model(int8_file, tmp_path):
     signed = signed_weight_codes(proto)
     assert len(signed) == 5  # stem, conv1, conv2, down, head
     assert to_unsigned_weights(proto) == len(signed)
-    assert signed_weight_codes(proto) == []
+    assert signed_weight_codes(proto) == {}
     inits = {t.name: t for t in proto.graph.initializer}
     assert all(inits[n].data_type == TensorProto.UINT8 for n in signed)
     out = tmp_path / "u8.onnx"
