@@ -35,12 +35,25 @@ def require_bn(model: nn.Module, name: str = "the model") -> None:
 def bn_stat_loss(x: torch.Tensor, bn: nn.BatchNorm2d, tail_z: float = 0.0) -> torch.Tensor:
     """Distance of the batch's per-channel mean and variance over (N, H, W) to the running ones,
     plus `bn_tail_loss` beyond `tail_z` standard deviations when `tail_z` > 0."""
-    x = x.float()
-    mean = x.mean(dim=(0, 2, 3))
-    var = x.var(dim=(0, 2, 3), unbiased=False)
+    shifted = x.float() - bn.running_mean.view(1, -1, 1, 1)
+    mean, var = channel_moments(shifted)
     norm = torch.linalg.vector_norm
-    loss = norm(mean - bn.running_mean) + norm(var - bn.running_var)
+    loss = norm(mean) + norm(var - bn.running_var)
     return loss + bn_tail_loss(x, bn, tail_z) if tail_z > 0 else loss
+
+
+def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance of an NCHW batch over (N, H, W), in one pass of
+    inner-dimension reductions: 2-3x faster on the CPU than `Tensor.var` over (0, 2, 3), whose
+    strided reduction was a fifth of a 224-pixel synthesis step (BENCHMARKS: cheaper BN statistics).
+    E[x^2] - E[x]^2 cancels badly only when the mean dwarfs the spread, so callers pass `x` already
+    shifted by the running mean (BN statistics are then near zero mean)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        flat = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a view: rows are pixels
+        mean, square = flat.mean(0), flat.pow(2).mean(0)
+    else:
+        mean, square = x.mean(dim=(2, 3)).mean(0), x.pow(2).mean(dim=(2, 3)).mean(0)
+    return mean, square - mean.pow(2)
 
 
 def bn_tail_loss(x: torch.Tensor, bn: nn.BatchNorm2d, tail_z: float) -> torch.Tensor:

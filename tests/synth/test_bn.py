@@ -4,7 +4,13 @@ from torch import nn
 
 from dfq.errors import DfqError
 from dfq.synth import SynthConfig, synthesize
-from dfq.synth.bn_stats import BNStatHooks, bn_stat_loss, bn_tail_loss, require_bn
+from dfq.synth.bn_stats import (
+    BNStatHooks,
+    bn_stat_loss,
+    bn_tail_loss,
+    channel_moments,
+    require_bn,
+)
 from tests.synth.tiny import tiny_config, tiny_model
 
 
@@ -17,6 +23,24 @@ def test_bn_stat_loss_is_zero_on_matching_statistics():
     x = x * bn.running_var.sqrt().view(1, 3, 1, 1) + bn.running_mean.view(1, 3, 1, 1)
     assert float(bn_stat_loss(x, bn)) < 1e-4
     assert float(bn_stat_loss(torch.zeros_like(x), bn)) > 1.0
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channel_moments_match_torch_var_mean_and_their_gradients(layout):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, 7, 9, generator=g) * torch.tensor([0.1, 1.0, 3.0, 0.5, 2.0]).view(
+        1, 5, 1, 1
+    ) + torch.tensor([0.0, -2.0, 5.0, 0.3, 1.0]).view(1, 5, 1, 1)
+    ref = base.clone().requires_grad_(True)
+    x = base.clone().contiguous(memory_format=layout).requires_grad_(True)
+    mean, var = channel_moments(x)
+    want_var, want_mean = torch.var_mean(ref, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, want_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var, want_var, rtol=1e-4, atol=1e-5)
+    w = torch.arange(1.0, 6.0)
+    ((mean * w).sum() + (var * w).pow(2).sum()).backward()
+    ((want_mean * w).sum() + (want_var * w).pow(2).sum()).backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_bn_loss_falls_under_optimization():
