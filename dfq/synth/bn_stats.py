@@ -39,7 +39,7 @@ def bn_stat_loss(x: torch.Tensor, bn: nn.BatchNorm2d, tail_z: float = 0.0) -> to
     mean, var = channel_moments(shifted)
     norm = torch.linalg.vector_norm
     loss = norm(mean) + norm(var - bn.running_var)
-    return loss + bn_tail_loss(x, bn, tail_z) if tail_z > 0 else loss
+    return loss + _tail_excess(shifted, bn, tail_z) if tail_z > 0 else loss
 
 
 def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,9 +64,12 @@ def bn_tail_loss(x: torch.Tensor, bn: nn.BatchNorm2d, tail_z: float) -> torch.Te
     very large values, and the set's largest activations are what MinMax calibration turns into
     grids (on resnet56 the synthetic set had almost four times the real images' share beyond
     4 sigma)."""
-    shape = (1, -1, 1, 1)
-    std = (bn.running_var + bn.eps).sqrt().view(shape)
-    z = (x.float() - bn.running_mean.view(shape)).abs() / std
+    return _tail_excess(x.float() - bn.running_mean.view(1, -1, 1, 1), bn, tail_z)
+
+
+def _tail_excess(shifted: torch.Tensor, bn: nn.BatchNorm2d, tail_z: float) -> torch.Tensor:
+    """`bn_tail_loss` of an input already shifted by the running mean (as `bn_stat_loss` has it)."""
+    z = shifted.abs() / (bn.running_var + bn.eps).sqrt().view(1, -1, 1, 1)
     return torch.relu(z - tail_z).pow(2).mean(dim=(0, 2, 3)).sum()
 
 
