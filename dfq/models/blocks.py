@@ -40,11 +40,18 @@ def units(
 
 
 @torch.no_grad()
-def stage_outputs(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
-    """Units that end a resolution stage (4-D outputs), in call order, from one forward pass."""
+def stage_outputs(
+    model: nn.Module, input_size: tuple[int, ...], blocks_only: bool = False
+) -> list[str]:
+    """Units that end a resolution stage (4-D outputs), in call order, from one forward pass.
+
+    `blocks_only` leaves out bare layers (a stem or head conv whose BN folding changes what its
+    output means), so the same names mean the same tensors in a model and its folded copy.
+    """
     seen: list[tuple[str, tuple[int, int]]] = []
     handles = []
-    for name in units(model):
+    names = [n for n in units(model) if not (blocks_only and is_layer(model.get_submodule(n)))]
+    for name in names:
 
         def hook(_m, _inp, out, name=name):
             if isinstance(out, torch.Tensor) and out.dim() == 4:

@@ -3,10 +3,12 @@ set.
 
 KL divergence between softened logits (temperature T, scaled by T^2) plus RGAL's student-phase
 relation loss (standard triplet on the student's penultimate features, negatives sampled by
-distances between its logits, teacher argmax labels). What is trained is set by `kd_params`: step
-sizes and biases ("scales"), or also the weights ("all"). Images come from a data source: a fixed
-calibration set in K x M class batches, or a live one such as DFAD's generator. Losses stay on the
-device and reach the host every `log_every` steps.
+distances between its logits, teacher argmax labels) and, with `kd_feature_weight` > 0, the
+stage outputs' distance to the teacher's (`feature_kd`; the teacher then runs every step).
+What is trained is set by `kd_params`: step sizes and biases ("scales"), or also the weights
+("all"). Images come from a data source: a fixed calibration set in K x M class batches, or a
+live one such as DFAD's generator. Losses stay on the device and reach the host every
+`log_every` steps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from dfq.modes import autocast, channels_last, memory_format, trainable
 from dfq.progress import StepBar
 from dfq.quant.data_source import DataSource, FixedImages
+from dfq.quant.feature_kd import feature_loss, feature_points, stage_features
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
 from dfq.quant.quantizer import activation_quantizers
@@ -58,18 +61,25 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.kd_iters))
     history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0
-    sums = torch.zeros(2)
+    features = cfg.kd_feature_weight > 0
+    points = feature_points(teacher, tuple(source.images.shape[1:])) if features else []
+    sums = torch.zeros(3)
     count = 0
     with (
         trainable(params),
         channels_last(student, teacher),
         penultimate_features(student) as feats,
+        stage_features(student, teacher, points) as (s_stages, t_stages),
         StepBar(cfg.kd_iters, "distill", enabled=progress) as bar,
     ):
         for step in range(cfg.kd_iters):
             with autocast(dev, cfg.amp):
                 x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
-                s_logits = student(x.contiguous(memory_format=memory_format(x))).float()
+                x = x.contiguous(memory_format=memory_format(x))
+                if features:
+                    with torch.no_grad():
+                        teacher(x)  # fills t_stages
+                s_logits = student(x).float()
             t_logits = t_logits.float()
             kd = kd_loss(s_logits, t_logits, cfg.kd_temperature)
             rel = (
@@ -79,18 +89,21 @@ def distill(
                 if relation
                 else kd * 0.0
             )
-            loss = kd + cfg.relation_weight * rel
+            feat = feature_loss(s_stages, t_stages) if features else kd * 0.0
+            loss = kd + cfg.relation_weight * rel + cfg.kd_feature_weight * feat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            sums = sums.to(kd.device) + torch.stack([kd.detach(), rel.detach()])
+            sums = sums.to(kd.device) + torch.stack([kd.detach(), rel.detach(), feat.detach()])
             count += 1
             if count == cfg.log_every or step == cfg.kd_iters - 1:
-                kd_mean, rel_mean = (sums / count).tolist()
-                history.append({"step": step + 1, "kd": kd_mean, "rel": rel_mean})
-                bar.step(count, f"kd {kd_mean:.4f} rel {rel_mean:.4f}")
-                sums, count = torch.zeros(2), 0
+                kd_mean, rel_mean, feat_mean = (sums / count).tolist()
+                entry = {"step": step + 1, "kd": kd_mean, "rel": rel_mean}
+                history.append({**entry, "feature": feat_mean} if features else entry)
+                shown = f"kd {kd_mean:.4f} rel {rel_mean:.4f}"
+                bar.step(count, shown + (f" feat {feat_mean:.4f}" if features else ""))
+                sums, count = torch.zeros(3), 0
     return _summary(history)
 
 
@@ -101,6 +114,7 @@ def _summary(history: list[dict[str, float]]) -> dict:
         "kd_first": round(history[0]["kd"], 6),
         "kd_last": round(history[-1]["kd"], 6),
         "relation_last": round(history[-1]["rel"], 6),
+        **({"feature_last": round(history[-1]["feature"], 6)} if "feature" in history[-1] else {}),
         "steps": history[-1]["step"],
         "history": history,
     }

@@ -70,6 +70,7 @@ class QuantConfig:
     kd_temperature: float = 4.0
     kd_augment: str = "shift_flip"  # or "flip": teacher logits cached for both orientations
     kd_at_8bit: bool = False  # distill when every layer is 8 bit (gained nothing on train-5k)
+    kd_feature_weight: float = 0.0  # stage outputs' normalized distance to FP's (feature_kd)
     class_images: int = 0  # images per class in a distillation batch (M); 0: automatic
     relation_weight: float = 0.1
     relation_margin: float = 0.2
@@ -113,8 +114,10 @@ class QuantConfig:
         for name in ("qdrop_prob", "round_warmup"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise DfqError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.round_reg_weight < 0 or self.relation_weight < 0 or self.relation_margin < 0:
+        if min(self.round_reg_weight, self.relation_weight, self.relation_margin) < 0:
             raise DfqError("round_reg_weight, relation_weight and relation_margin must be >= 0")
+        if self.kd_feature_weight < 0:
+            raise DfqError(f"kd_feature_weight must be >= 0, got {self.kd_feature_weight}")
 
     @property
     def distills(self) -> bool:
