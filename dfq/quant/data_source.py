@@ -27,7 +27,9 @@ class DataSource(Protocol):
     def batch(
         self, n: int, student: nn.Module, teacher: nn.Module, step: int, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`n` images and the teacher's logits for them."""
+        """`n` images and the teacher's logits for them. A source that runs the teacher makes
+        its last call on the images it returns (feature distillation reads that call's stage
+        outputs instead of running the teacher again)."""
         ...
 
 

@@ -74,11 +74,12 @@ def distill(
     ):
         for step in range(cfg.kd_iters):
             with autocast(dev, cfg.amp):
+                t_stages.clear()
                 x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
                 x = x.contiguous(memory_format=memory_format(x))
-                if features:
+                if features and not t_stages:  # a source with cached logits ran no teacher
                     with torch.no_grad():
-                        teacher(x)  # fills t_stages
+                        teacher(x)
                 s_logits = student(x).float()
             t_logits = t_logits.float()
             kd = kd_loss(s_logits, t_logits, cfg.kd_temperature)
