@@ -5,9 +5,10 @@ resolutions and parameterizations, with and without the adversarial student; (2)
 synthesis budget buys, judged without real images: the BatchNorm-statistics loss of the finished
 images measured at the full 224 pixels (the quantity synthesis minimizes) and the teacher's
 confidence; (3) the cost of a reconstruction step per block, and of a distillation step with the
-teacher's logits cached (flip-only views) or recomputed. No image of imagenet-sample-1k is read.
+teacher's logits cached (flip-only views) or recomputed, and with feature distillation, its
+stage outputs cached too or the teacher run each step. No image of imagenet-sample-1k is read.
 
-    python tools/bench_cpu_recipe.py --budget 60
+    python tools/bench_cpu_recipe.py --budget 60 [--stages-only]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dfq.device import keep_freed_memory
 from dfq.models import load_model
 from dfq.quant.data_source import FixedImages
 from dfq.quant.distill import distill
+from dfq.quant.feature_kd import feature_points
 from dfq.quant.insert import prepare
 from dfq.quant.pipeline import quantizers_disabled
 from dfq.quant.reconstruct import reconstruct
@@ -117,15 +119,23 @@ def stage_costs(model, dc, qcfg) -> dict:
     with quantizers_disabled(fp):
         reconstruct(q, fp, images, cfg, progress=False)
     out["reconstruct_s_per_iter_all_blocks"] = round((time.perf_counter() - start) / 4, 2)
-    for augment in ("shift_flip", "flip"):
-        cfg = replace(qcfg, kd_iters=4, kd_augment=augment, log_every=1000)
+    points = feature_points(model, dc.input_size)
+    for label, augment, weight, stage_names in [
+        ("shift_flip", "shift_flip", 0.0, []),
+        ("flip", "flip", 0.0, []),
+        ("flip_features_cached", "flip", 1.0, points),
+        ("flip_features_teacher_each_step", "flip", 1.0, []),
+    ]:
+        cfg = replace(
+            qcfg, kd_iters=4, kd_augment=augment, kd_feature_weight=weight, log_every=1000
+        )
         start = time.perf_counter()
-        source = FixedImages(images, model, augment, 0, cfg.kd_batch_size)
+        source = FixedImages(images, model, augment, 0, cfg.kd_batch_size, stage_names=stage_names)
         setup = time.perf_counter() - start
         start = time.perf_counter()
         distill(q, model, source, cfg, progress=False)
-        out[f"distill_{augment}_s_per_step"] = round((time.perf_counter() - start) / 4, 2)
-        out[f"distill_{augment}_setup_s_per_64_images"] = round(setup, 2)
+        out[f"distill_{label}_s_per_step"] = round((time.perf_counter() - start) / 4, 2)
+        out[f"distill_{label}_setup_s_per_64_images"] = round(setup, 2)
     print(out, flush=True)
     return out
 
@@ -135,6 +145,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per synthesis setting")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="runs/cpu_recipe")
+    ap.add_argument("--stages-only", action="store_true", help="skip the synthesis table")
     args = ap.parse_args()
     keep_freed_memory()
     if args.threads:
@@ -143,7 +154,7 @@ def main() -> None:
     qcfg = quant_config("imagenet-cpu", dc, {}, device="cpu")
     result = {
         "threads": torch.get_num_threads(),
-        "synthesis": synthesis_table(model, dc, qcfg, args),
+        "synthesis": [] if args.stages_only else synthesis_table(model, dc, qcfg, args),
         "stages": stage_costs(model, dc, qcfg),
     }
     out = Path(args.out)

@@ -5,17 +5,21 @@ Distillation batches from a fixed set hold K classes x M images (M >= 2, by teac
 the student-phase relation loss always has positives, also with 1,000 classes; views are shifted
 and flipped, or, with `augment='flip'`, only flipped, so that the teacher's logits for both
 orientations can be computed once and cached (a CPU saving at 224 pixels: the teacher's forward
-pass is then paid once per image, not once per step).
+pass is then paid once per image, not once per step). With `stage_names`, the teacher's outputs of
+those blocks are cached alongside, for feature distillation (`feature_kd`), and each batch's are in
+`stages`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.synth.features import captured_outputs
 from dfq.synth.targets import images_per_class
 
 AUGMENTS = ("shift_flip", "flip")
@@ -29,7 +33,8 @@ class DataSource(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` images and the teacher's logits for them. A source that runs the teacher makes
         its last call on the images it returns (feature distillation reads that call's stage
-        outputs instead of running the teacher again)."""
+        outputs instead of running the teacher again); a source with cached logits may hold
+        the teacher's stage outputs for the batch in a `stages` dict."""
         ...
 
 
@@ -58,17 +63,23 @@ class FixedImages:
         per_class: int = 0,
         batch_size: int = 64,
         cache_batch: int = 64,
+        stage_names: Sequence[str] = (),
     ) -> None:
         if augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.images, self.augment = images, augment
-        with torch.no_grad():
-            logits = torch.cat([teacher(x) for x in images.split(cache_batch)]).float()
-            self.cached = None
-            if augment == "flip":
-                flipped = torch.cat([teacher(x.flip(3)) for x in images.split(cache_batch)])
-                self.cached = torch.stack([logits, flipped.float()])
-        self.labels = logits.argmax(1).cpu()
+        self.stages: dict[str, torch.Tensor] = {}
+        names = list(stage_names) if augment == "flip" else []
+        views = [images, images.flip(3)] if augment == "flip" else [images]
+        logits, stages = [], []
+        with torch.no_grad(), captured_outputs(teacher, names) as store:
+            for view in views:
+                parts = [(teacher(x).float(), dict(store)) for x in view.split(cache_batch)]
+                logits.append(torch.cat([p[0] for p in parts]))
+                stages.append({k: torch.cat([p[1][k] for p in parts]) for k in names})
+        self.cached = torch.stack(logits) if augment == "flip" else None
+        self._stage_cache = {k: torch.stack([s[k] for s in stages]) for k in names}
+        self.labels = logits[0].argmax(1).cpu()
         present = self.labels.unique()
         self.per_class = images_per_class(batch_size, max(1, len(present)), per_class)
         members = [(self.labels == c).nonzero().flatten() for c in present]
@@ -99,6 +110,10 @@ class FixedImages:
             flip = (torch.rand(len(idx), generator=gen) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             logits = torch.where(flip[:, None], self.cached[1][idx], self.cached[0][idx])
+            self.stages = {
+                k: torch.where(flip[:, None, None, None], v[1][idx], v[0][idx])
+                for k, v in self._stage_cache.items()
+            }
             return x, logits
         x = shift_flip(x, gen)
         with torch.no_grad():

@@ -4,7 +4,8 @@ set.
 KL divergence between softened logits (temperature T, scaled by T^2) plus RGAL's student-phase
 relation loss (standard triplet on the student's penultimate features, negatives sampled by
 distances between its logits, teacher argmax labels) and, with `kd_feature_weight` > 0, the
-stage outputs' distance to the teacher's (`feature_kd`; the teacher then runs every step).
+stage outputs' distance to the teacher's (`feature_kd`; cached with the logits for a fixed set,
+otherwise read from the teacher call that made the logits).
 What is trained is set by `kd_params`: step sizes and biases ("scales"), or also the weights
 ("all"). Images come from a data source: a fixed calibration set in K x M class batches, or a
 live one such as DFAD's generator. Losses stay on the device and reach the host every
@@ -51,8 +52,13 @@ def distill(
     """`cfg.kd_iters` steps of KD (+ relation loss) on a data source or fixed images; returns
     first/last losses and the history."""
     gen = torch.Generator().manual_seed(seed)
+    shape = tuple((source if isinstance(source, torch.Tensor) else source.images).shape[1:])
+    points = feature_points(teacher, shape) if cfg.kd_feature_weight > 0 else []
+    features = bool(points)  # a model without blocks has no stage outputs to compare
     if isinstance(source, torch.Tensor):
-        source = FixedImages(source, teacher, cfg.kd_augment, cfg.class_images, cfg.kd_batch_size)
+        source = FixedImages(
+            source, teacher, cfg.kd_augment, cfg.class_images, cfg.kd_batch_size, stage_names=points
+        )
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
     params = kd_parameters(student, cfg.kd_params)
@@ -61,8 +67,6 @@ def distill(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.kd_iters))
     history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0
-    features = cfg.kd_feature_weight > 0
-    points = feature_points(teacher, tuple(source.images.shape[1:])) if features else []
     sums = torch.zeros(3)
     count = 0
     with (
@@ -78,6 +82,8 @@ def distill(
                 x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
                 x = x.contiguous(memory_format=memory_format(x))
                 if features and not t_stages:  # a source with cached logits ran no teacher
+                    t_stages.update(getattr(source, "stages", {}))
+                if features and not t_stages:  # nor did it cache the stage outputs
                     with torch.no_grad():
                         teacher(x)
                 s_logits = student(x).float()

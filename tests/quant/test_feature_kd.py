@@ -1,9 +1,11 @@
 import copy
 
+import pytest
 import torch
 from torch import nn
 
 from dfq.models import load_model
+from dfq.quant.data_source import FixedImages
 from dfq.quant.distill import distill
 from dfq.quant.feature_kd import feature_loss, feature_points, stage_features
 from dfq.quant.insert import prepare
@@ -68,3 +70,44 @@ def test_feature_distillation_pulls_stage_outputs_towards_the_fp_model(resnet20_
         assert ("feature_last" in summary) == (weight > 0)
     assert errors[10.0] < 0.8 * before
     assert errors[10.0] < 0.9 * errors[0.0]  # 0.233 against 0.267 when written
+
+
+def test_cached_stage_outputs_match_the_teacher_and_spare_its_forward_passes():
+    torch.manual_seed(0)
+    fp, _ = load_model("cifar10_resnet20", pretrained=False)
+    calib = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    cfg = QuantConfig(
+        wbits=4,
+        abits=4,
+        kd_iters=3,
+        kd_batch_size=8,
+        kd_lr=1e-3,
+        kd_feature_weight=1.0,
+        kd_augment="flip",
+        log_every=1,
+    )
+    points = feature_points(fp, (3, 32, 32))
+    models = {cached: copy.deepcopy(fp) for cached in (True, False)}  # before the hook
+    histories, step_calls = {}, []  # teacher calls on a distillation batch (8 images)
+    handle = fp.register_forward_hook(
+        lambda _m, inp, _o: step_calls.append(1) if len(inp[0]) == cfg.kd_batch_size else None
+    )
+    for cached, model in models.items():
+        prepare(model, cfg, [calib])
+        step_calls.clear()
+        if cached:
+            summary = distill(model, fp, calib, cfg, progress=False)
+        else:  # the same source without the stage cache: the teacher runs each step
+            source = FixedImages(calib, fp, "flip", 0, cfg.kd_batch_size)
+            summary = distill(model, fp, source, cfg, progress=False)
+        histories[cached] = [h["feature"] for h in summary["history"]]
+        assert len(step_calls) == (0 if cached else cfg.kd_iters)
+    handle.remove()
+    assert histories[True] == pytest.approx(histories[False], rel=1e-4)
+    assert histories[True][0] > 0
+    source = FixedImages(calib, fp, "flip", 0, 8, stage_names=points)
+    x, _ = source.batch(8, fp, fp, 0, torch.Generator().manual_seed(0))
+    with torch.no_grad(), stage_features(fp, fp, points) as (_, t):
+        fp(x)
+        for name in points:
+            assert torch.allclose(source.stages[name], t[name], atol=1e-5)
