@@ -52,8 +52,10 @@ def distill(
     """`cfg.kd_iters` steps of KD (+ relation loss) on a data source or fixed images; returns
     first/last losses and the history."""
     gen = torch.Generator().manual_seed(seed)
-    shape = tuple((source if isinstance(source, torch.Tensor) else source.images).shape[1:])
-    points = feature_points(teacher, shape) if cfg.kd_feature_weight > 0 else []
+    points = []  # a data source needs `images` (for their shape) only with feature distillation
+    if cfg.kd_feature_weight > 0:
+        images = source if isinstance(source, torch.Tensor) else source.images
+        points = feature_points(teacher, tuple(images.shape[1:]))
     features = bool(points)  # a model without blocks has no stage outputs to compare
     if isinstance(source, torch.Tensor):
         source = FixedImages(
@@ -83,9 +85,9 @@ def distill(
                 x = x.contiguous(memory_format=memory_format(x))
                 if features and not t_stages:  # a source with cached logits ran no teacher
                     t_stages.update(getattr(source, "stages", {}))
-                if features and not t_stages:  # nor did it cache the stage outputs
-                    with torch.no_grad():
-                        teacher(x)
+                    if not t_stages:  # nor did it cache the stage outputs
+                        with torch.no_grad():
+                            teacher(x)
                 s_logits = student(x).float()
             t_logits = t_logits.float()
             kd = kd_loss(s_logits, t_logits, cfg.kd_temperature)
