@@ -6,7 +6,8 @@ synthesis budget buys, judged without real images: the BatchNorm-statistics loss
 images measured at the full 224 pixels (the quantity synthesis minimizes) and the teacher's
 confidence; (3) the cost of a reconstruction step per block, and of a distillation step with the
 teacher's logits cached (flip-only views) or recomputed, and with feature distillation, its
-stage outputs cached too or the teacher run each step. No image of imagenet-sample-1k is read.
+stage outputs cached too or the teacher run each step, at 224 pixels and on the smaller copies
+`kd_low_res` distils on (160, 128). No image of imagenet-sample-1k is read.
 
     python tools/bench_cpu_recipe.py --budget 60 [--stages-only]
 """
@@ -24,7 +25,7 @@ import torch
 
 from dfq.device import keep_freed_memory
 from dfq.models import load_model
-from dfq.quant.data_source import FixedImages
+from dfq.quant.data_source import FixedImages, low_res_view
 from dfq.quant.distill import distill
 from dfq.quant.feature_kd import feature_points
 from dfq.quant.insert import prepare
@@ -120,17 +121,20 @@ def stage_costs(model, dc, qcfg) -> dict:
         reconstruct(q, fp, images, cfg, progress=False)
     out["reconstruct_s_per_iter_all_blocks"] = round((time.perf_counter() - start) / 4, 2)
     points = feature_points(model, dc.input_size)
-    for label, augment, weight, stage_names in [
-        ("shift_flip", "shift_flip", 0.0, []),
-        ("flip", "flip", 0.0, []),
-        ("flip_features_cached", "flip", 1.0, points),
-        ("flip_features_teacher_each_step", "flip", 1.0, []),
+    for label, augment, weight, stage_names, side in [
+        ("shift_flip", "shift_flip", 0.0, [], 0),
+        ("flip", "flip", 0.0, [], 0),
+        ("flip_features_cached", "flip", 1.0, points, 0),
+        ("flip_features_teacher_each_step", "flip", 1.0, [], 0),
+        ("flip_features_cached_160px", "flip", 1.0, points, 160),
+        ("flip_features_cached_128px", "flip", 1.0, points, 128),
     ]:
         cfg = replace(
             qcfg, kd_iters=4, kd_augment=augment, kd_feature_weight=weight, log_every=1000
         )
+        view = low_res_view(images, side) if side else images  # kd_low_res's copy
         start = time.perf_counter()
-        source = FixedImages(images, model, augment, 0, cfg.kd_batch_size, stage_names=stage_names)
+        source = FixedImages(view, model, augment, 0, cfg.kd_batch_size, stage_names=stage_names)
         setup = time.perf_counter() - start
         start = time.perf_counter()
         distill(q, model, source, cfg, progress=False)

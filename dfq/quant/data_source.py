@@ -8,6 +8,7 @@ orientations can be computed once and cached (a CPU saving at 224 pixels: the te
 pass is then paid once per image, not once per step). With `stage_names`, the teacher's outputs of
 those blocks are cached alongside, for feature distillation (`feature_kd`), and each batch's are in
 `stages`.
+`low_res_view` makes the smaller copy of a set that distillation's low-resolution steps read.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def shift_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Ten
     out = out.gather(3, cols.expand(n, c, h, w))
     flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def low_res_view(images: torch.Tensor, side: int) -> torch.Tensor | None:
+    """`images` resized (antialiased bilinear) so that their longer side is `side`; None when
+    `side` is 0 or not below the images' own longer side."""
+    h, w = images.shape[-2:]
+    if not 0 < side < max(h, w):
+        return None
+    size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 class FixedImages:

@@ -5,7 +5,9 @@ KL divergence between softened logits (temperature T, scaled by T^2) plus RGAL's
 relation loss (standard triplet on the student's penultimate features, negatives sampled by
 distances between its logits, teacher argmax labels) and, with `kd_feature_weight` > 0, the
 stage outputs' distance to the teacher's (`feature_kd`; cached with the logits for a fixed set,
-otherwise read from the teacher call that made the logits).
+otherwise read from the teacher call that made the logits). With `kd_low_res`, a fixed set's
+steps but the last `kd_full_res_iters` read a copy resized to that side (each step costs about the
+pixel ratio; the teacher's outputs are cached at both sizes), the last ones the images as they are.
 What is trained is set by `kd_params`: step sizes and biases ("scales"), or also the weights
 ("all"). Images come from a data source: a fixed calibration set in K x M class batches, or a
 live one such as DFAD's generator. Losses stay on the device and reach the host every
@@ -19,7 +21,7 @@ from torch import nn
 
 from dfq.modes import autocast, channels_last, memory_format, trainable
 from dfq.progress import StepBar
-from dfq.quant.data_source import DataSource, FixedImages
+from dfq.quant.data_source import DataSource, FixedImages, low_res_view
 from dfq.quant.feature_kd import feature_loss, feature_points, stage_features
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
@@ -57,10 +59,23 @@ def distill(
         images = source if isinstance(source, torch.Tensor) else source.images
         points = feature_points(teacher, tuple(images.shape[1:]))
     features = bool(points)  # a model without blocks has no stage outputs to compare
+    sources: list[tuple[int, DataSource]] = []  # (first step, source), in order
     if isinstance(source, torch.Tensor):
-        source = FixedImages(
-            source, teacher, cfg.kd_augment, cfg.class_images, cfg.kd_batch_size, stage_names=points
-        )
+        low = low_res_view(source, cfg.kd_low_res) if cfg.kd_iters > cfg.kd_full_res_iters else None
+        n_low = cfg.kd_iters - cfg.kd_full_res_iters if low is not None else 0
+        for first, images in ((0, low), (n_low, source)):
+            if images is not None and first < max(1, cfg.kd_iters):
+                fixed = FixedImages(
+                    images,
+                    teacher,
+                    cfg.kd_augment,
+                    cfg.class_images,
+                    cfg.kd_batch_size,
+                    stage_names=points,
+                )
+                sources.append((first, fixed))
+    else:
+        sources.append((0, source))
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
     params = kd_parameters(student, cfg.kd_params)
@@ -79,6 +94,7 @@ def distill(
         StepBar(cfg.kd_iters, "distill", enabled=progress) as bar,
     ):
         for step in range(cfg.kd_iters):
+            source = next(src for first, src in reversed(sources) if step >= first)
             with autocast(dev, cfg.amp):
                 t_stages.clear()
                 x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)

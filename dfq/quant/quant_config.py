@@ -71,6 +71,10 @@ class QuantConfig:
     kd_augment: str = "shift_flip"  # or "flip": teacher logits cached for both orientations
     kd_at_8bit: bool = False  # distill when every layer is 8 bit (gained nothing on train-5k)
     kd_feature_weight: float = 0.0  # stage outputs' normalized distance to FP's (feature_kd)
+    # a fixed set's images resized to this longer side for all but the last `kd_full_res_iters`
+    # steps (the teacher's outputs cached at both sizes); 0: every step at full resolution
+    kd_low_res: int = 0
+    kd_full_res_iters: int = 0
     class_images: int = 0  # images per class in a distillation batch (M); 0: automatic
     relation_weight: float = 0.1
     relation_margin: float = 0.2
@@ -104,7 +108,7 @@ class QuantConfig:
         for name in ("calib_batch_size", "recon_batch_size", "kd_batch_size", "gptq_images"):
             if getattr(self, name) < 1:
                 raise DfqError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("recon_iters", "kd_iters"):
+        for name in ("recon_iters", "kd_iters", "kd_low_res", "kd_full_res_iters"):
             if getattr(self, name) < 0:
                 raise DfqError(f"{name} must be 0 or more, got {getattr(self, name)}")
         positive = ("recon_lr_round", "recon_lr_act", "kd_lr", "kd_temperature")
@@ -116,6 +120,11 @@ class QuantConfig:
                 raise DfqError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if min(self.round_reg_weight, self.relation_weight, self.relation_margin) < 0:
             raise DfqError("round_reg_weight, relation_weight and relation_margin must be >= 0")
+        if self.kd_full_res_iters > self.kd_iters:
+            raise DfqError(
+                f"kd_full_res_iters ({self.kd_full_res_iters}) cannot exceed "
+                f"kd_iters ({self.kd_iters})"
+            )
         if self.kd_feature_weight < 0:
             raise DfqError(f"kd_feature_weight must be >= 0, got {self.kd_feature_weight}")
 

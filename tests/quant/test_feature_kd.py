@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dfq.models import load_model
-from dfq.quant.data_source import FixedImages
+from dfq.quant.data_source import FixedImages, low_res_view
 from dfq.quant.distill import distill
 from dfq.quant.feature_kd import feature_loss, feature_points, stage_features
 from dfq.quant.insert import prepare
@@ -111,3 +111,46 @@ def test_cached_stage_outputs_match_the_teacher_and_spare_its_forward_passes():
         fp(x)
         for name in points:
             assert torch.allclose(source.stages[name], t[name], atol=1e-5)
+
+
+def test_low_resolution_distillation_reads_a_resized_copy_then_the_full_images():
+    torch.manual_seed(0)
+    fp, _ = load_model("cifar10_resnet20", pretrained=False)
+    calib = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    cfg = QuantConfig(
+        wbits=4,
+        abits=4,
+        kd_iters=5,
+        kd_batch_size=8,
+        kd_lr=1e-3,
+        kd_feature_weight=1.0,
+        kd_augment="flip",
+        kd_low_res=16,
+        kd_full_res_iters=2,
+        log_every=1,
+    )
+    student = copy.deepcopy(fp)
+    prepare(student, cfg, [calib])
+    sizes, teacher_steps = [], []
+    handles = [
+        student.register_forward_hook(lambda _m, inp, _o: sizes.append(inp[0].shape[-1])),
+        fp.register_forward_hook(
+            lambda _m, inp, _o: teacher_steps.append(1) if len(inp[0]) == 8 else None
+        ),
+    ]
+    summary = distill(student, fp, calib, cfg, progress=False)
+    for h in handles:
+        h.remove()
+    assert sizes == [16, 16, 16, 32, 32]
+    assert teacher_steps == []  # logits and stage outputs cached at both sizes
+    assert all(h["feature"] > 0 for h in summary["history"])
+    with pytest.raises(Exception, match="kd_full_res_iters"):
+        QuantConfig(kd_iters=5, kd_full_res_iters=6)
+
+
+def test_low_res_view_keeps_the_aspect_ratio_and_the_mean():
+    x = torch.rand(2, 3, 40, 20)
+    small = low_res_view(x, 20)
+    assert small.shape == (2, 3, 20, 10)
+    assert torch.allclose(small.mean((2, 3)), x.mean((2, 3)), atol=0.02)
+    assert low_res_view(x, 0) is None and low_res_view(x, 40) is None
