@@ -7,7 +7,9 @@ distances between its logits, teacher argmax labels) and, with `kd_feature_weigh
 stage outputs' distance to the teacher's (`feature_kd`; cached with the logits for a fixed set,
 otherwise read from the teacher call that made the logits). With `kd_low_res`, a fixed set's
 steps but the last `kd_full_res_iters` read a copy resized to that side (each step costs about the
-pixel ratio; the teacher's outputs are cached at both sizes), the last ones the images as they are.
+pixel ratio; the teacher's outputs are cached at both sizes), the last ones the images as they
+are; the learning rate falls along a cosine within each phase, so the full-resolution steps start
+from `kd_lr` again (progressive resizing).
 What is trained is set by `kd_params`: step sizes and biases ("scales"), or also the weights
 ("all"). Images come from a data source: a fixed calibration set in K x M class batches, or a
 live one such as DFAD's generator. Losses stay on the device and reach the host every
@@ -15,6 +17,8 @@ live one such as DFAD's generator. Losses stay on the device and reach the host 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -81,7 +85,8 @@ def distill(
     params = kd_parameters(student, cfg.kd_params)
     dev = next(student.parameters()).device
     opt = torch.optim.Adam(params, lr=cfg.kd_lr, fused=dev.type == "cuda")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.kd_iters))
+    starts = [first for first, _ in sources]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _phase_cosine(s, starts, cfg.kd_iters))
     history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0
     sums = torch.zeros(3)
@@ -130,6 +135,13 @@ def distill(
                 bar.step(count, shown + (f" feat {feat_mean:.4f}" if features else ""))
                 sums, count = torch.zeros(3), 0
     return _summary(history)
+
+
+def _phase_cosine(step: int, starts: list[int], total: int) -> float:
+    """The learning-rate factor: a cosine from 1 towards 0 over each phase (a source's steps)."""
+    first = max(b for b in starts if b <= step)
+    end = min([b for b in starts if b > step] + [max(total, step + 1)])
+    return 0.5 * (1.0 + math.cos(math.pi * (step - first) / (end - first)))
 
 
 def _summary(history: list[dict[str, float]]) -> dict:

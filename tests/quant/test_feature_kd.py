@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from torch import nn
 
 from dfq.models import load_model
 from dfq.quant.data_source import FixedImages, low_res_view
-from dfq.quant.distill import distill
+from dfq.quant.distill import _phase_cosine, distill
 from dfq.quant.feature_kd import feature_loss, feature_points, stage_features
 from dfq.quant.insert import prepare
 from dfq.quant.quant_config import QuantConfig
@@ -154,3 +155,14 @@ def test_low_res_view_keeps_the_aspect_ratio_and_the_mean():
     assert small.shape == (2, 3, 20, 10)
     assert torch.allclose(small.mean((2, 3)), x.mean((2, 3)), atol=0.02)
     assert low_res_view(x, 0) is None and low_res_view(x, 40) is None
+
+
+def test_each_distillation_phase_has_its_own_cosine_learning_rate():
+    one = [_phase_cosine(s, [0], 4) for s in range(4)]
+    assert one == pytest.approx(
+        [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4)]
+    )
+    two = [_phase_cosine(s, [0, 3], 5) for s in range(5)]
+    assert two == pytest.approx(
+        [1.0, 0.75, 0.25, 1.0, 0.5]
+    )  # restarts at the full-resolution phase
