@@ -73,20 +73,17 @@ def test_feature_distillation_pulls_stage_outputs_towards_the_fp_model(resnet20_
     assert errors[10.0] < 0.9 * errors[0.0]  # 0.233 against 0.267 when written
 
 
+def _cached_feature_cfg(**changes) -> QuantConfig:
+    """W4A4, feature distillation on flip-only views (teacher outputs cached), batches of 8."""
+    base = dict(wbits=4, abits=4, kd_batch_size=8, kd_lr=1e-3, kd_feature_weight=1.0)
+    return QuantConfig(**base, kd_augment="flip", log_every=1, **changes)
+
+
 def test_cached_stage_outputs_match_the_teacher_and_spare_its_forward_passes():
     torch.manual_seed(0)
     fp, _ = load_model("cifar10_resnet20", pretrained=False)
     calib = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    cfg = QuantConfig(
-        wbits=4,
-        abits=4,
-        kd_iters=3,
-        kd_batch_size=8,
-        kd_lr=1e-3,
-        kd_feature_weight=1.0,
-        kd_augment="flip",
-        log_every=1,
-    )
+    cfg = _cached_feature_cfg(kd_iters=3)
     points = feature_points(fp, (3, 32, 32))
     models = {cached: copy.deepcopy(fp) for cached in (True, False)}  # before the hook
     histories, step_calls = {}, []  # teacher calls on a distillation batch (8 images)
@@ -118,18 +115,7 @@ def test_low_resolution_distillation_reads_a_resized_copy_then_the_full_images()
     torch.manual_seed(0)
     fp, _ = load_model("cifar10_resnet20", pretrained=False)
     calib = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    cfg = QuantConfig(
-        wbits=4,
-        abits=4,
-        kd_iters=5,
-        kd_batch_size=8,
-        kd_lr=1e-3,
-        kd_feature_weight=1.0,
-        kd_augment="flip",
-        kd_low_res=16,
-        kd_full_res_iters=2,
-        log_every=1,
-    )
+    cfg = _cached_feature_cfg(kd_iters=5, kd_low_res=16, kd_full_res_iters=2)
     student = copy.deepcopy(fp)
     prepare(student, cfg, [calib])
     sizes, teacher_steps = [], []
