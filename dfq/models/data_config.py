@@ -15,6 +15,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
+def low_res_size(h: int, w: int, side: int) -> tuple[int, int] | None:
+    """(H, W) scaled so that the longer side is `side`; None when `side` is 0 or not below it.
+    The reduced resolution of synthesis and distillation steps (BN statistics are per channel)."""
+    if not 0 < side < max(h, w):
+        return None
+    return max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w)))
+
+
 @dataclass
 class DataConfig:
     """Input size (C, H, W), normalization and resize policy, with timm's names.

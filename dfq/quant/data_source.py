@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.models.data_config import low_res_size
 from dfq.synth.features import captured_outputs
 from dfq.synth.targets import images_per_class
 
@@ -56,10 +57,9 @@ def shift_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Ten
 def low_res_view(images: torch.Tensor, side: int) -> torch.Tensor | None:
     """`images` resized (antialiased bilinear) so that their longer side is `side`; None when
     `side` is 0 or not below the images' own longer side."""
-    h, w = images.shape[-2:]
-    if not 0 < side < max(h, w):
+    size = low_res_size(*images.shape[-2:], side)
+    if size is None:
         return None
-    size = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 

@@ -19,6 +19,7 @@ live one such as DFAD's generator. Losses stay on the device and reach the host 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -63,30 +64,27 @@ def distill(
         images = source if isinstance(source, torch.Tensor) else source.images
         points = feature_points(teacher, tuple(images.shape[1:]))
     features = bool(points)  # a model without blocks has no stage outputs to compare
-    sources: list[tuple[int, DataSource]] = []  # (first step, source), in order
+    n_low, low_source = 0, None  # steps on the low-resolution copy, which come first
     if isinstance(source, torch.Tensor):
-        low = low_res_view(source, cfg.kd_low_res) if cfg.kd_iters > cfg.kd_full_res_iters else None
+        cached = partial(
+            FixedImages,
+            teacher=teacher,
+            augment=cfg.kd_augment,
+            per_class=cfg.class_images,
+            batch_size=cfg.kd_batch_size,
+            stage_names=points,
+        )
+        low = low_res_view(source, cfg.kd_low_res)
         n_low = cfg.kd_iters - cfg.kd_full_res_iters if low is not None else 0
-        for first, images in ((0, low), (n_low, source)):
-            if images is not None and first < max(1, cfg.kd_iters):
-                fixed = FixedImages(
-                    images,
-                    teacher,
-                    cfg.kd_augment,
-                    cfg.class_images,
-                    cfg.kd_batch_size,
-                    stage_names=points,
-                )
-                sources.append((first, fixed))
-    else:
-        sources.append((0, source))
+        low_source = cached(low) if n_low else None
+        # no full-resolution steps: the full-size set is not needed (nor its teacher cache)
+        source = low_source if low_source is not None and n_low == cfg.kd_iters else cached(source)
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
     params = kd_parameters(student, cfg.kd_params)
     dev = next(student.parameters()).device
     opt = torch.optim.Adam(params, lr=cfg.kd_lr, fused=dev.type == "cuda")
-    starts = [first for first, _ in sources]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _phase_cosine(s, starts, cfg.kd_iters))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _phase_cosine(s, n_low, cfg.kd_iters))
     history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0
     sums = torch.zeros(3)
@@ -99,13 +97,13 @@ def distill(
         StepBar(cfg.kd_iters, "distill", enabled=progress) as bar,
     ):
         for step in range(cfg.kd_iters):
-            source = next(src for first, src in reversed(sources) if step >= first)
+            batches = low_source if step < n_low else source
             with autocast(dev, cfg.amp):
                 t_stages.clear()
-                x, t_logits = source.batch(cfg.kd_batch_size, student, teacher, step, gen)
+                x, t_logits = batches.batch(cfg.kd_batch_size, student, teacher, step, gen)
                 x = x.contiguous(memory_format=memory_format(x))
                 if features and not t_stages:  # a source with cached logits ran no teacher
-                    t_stages.update(getattr(source, "stages", {}))
+                    t_stages.update(getattr(batches, "stages", {}))
                     if not t_stages:  # nor did it cache the stage outputs
                         with torch.no_grad():
                             teacher(x)
@@ -137,10 +135,10 @@ def distill(
     return _summary(history)
 
 
-def _phase_cosine(step: int, starts: list[int], total: int) -> float:
-    """The learning-rate factor: a cosine from 1 towards 0 over each phase (a source's steps)."""
-    first = max(b for b in starts if b <= step)
-    end = min([b for b in starts if b > step] + [max(total, step + 1)])
+def _phase_cosine(step: int, n_low: int, total: int) -> float:
+    """The learning-rate factor: a cosine from 1 towards 0 over each phase, the first `n_low`
+    steps (low resolution) and the rest."""
+    first, end = (0, n_low) if step < n_low else (n_low, max(total, step + 1))
     return 0.5 * (1.0 + math.cos(math.pi * (step - first) / (end - first)))
 
 

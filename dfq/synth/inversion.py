@@ -22,7 +22,7 @@ from torch import nn
 
 from dfq.device import cpu_state
 from dfq.errors import DfqFailure
-from dfq.models.data_config import DataConfig
+from dfq.models.data_config import DataConfig, low_res_size
 from dfq.modes import autocast, memory_format
 from dfq.progress import StepBar
 from dfq.synth.augment import jitter_flip, swing
@@ -92,13 +92,12 @@ class Inversion:
     ) -> Round | None:
         cfg, dc = self.cfg, self.data_config
         c, h, w = dc.input_size
-        low = cfg.low_res if 0 < cfg.low_res < max(h, w) else 0
+        low = low_res_size(h, w, cfg.low_res)
         n_low = cfg.iters - cfg.full_res_iters if low else 0
         history: list[dict[str, float]] = []
         images = None
         if n_low:
-            size = (c, max(1, round(h * low / max(h, w))), max(1, round(w * low / max(h, w))))
-            source = self._source(replace(dc, input_size=size), len(targets), targets.device)
+            source = self._source(replace(dc, input_size=(c, *low)), len(targets), targets.device)
             done = self._optimize(
                 source,
                 targets,
@@ -109,7 +108,7 @@ class Inversion:
                 lr_scale,
                 history,
                 first_step,
-                jitter_scale=low / max(h, w),
+                jitter_scale=cfg.low_res / max(h, w),
             )
             if done is None:
                 return None

@@ -144,11 +144,9 @@ def test_low_res_view_keeps_the_aspect_ratio_and_the_mean():
 
 
 def test_each_distillation_phase_has_its_own_cosine_learning_rate():
-    one = [_phase_cosine(s, [0], 4) for s in range(4)]
+    one = [_phase_cosine(s, 0, 4) for s in range(4)]
     assert one == pytest.approx(
         [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4)]
     )
-    two = [_phase_cosine(s, [0, 3], 5) for s in range(5)]
-    assert two == pytest.approx(
-        [1.0, 0.75, 0.25, 1.0, 0.5]
-    )  # restarts at the full-resolution phase
+    two = [_phase_cosine(s, 3, 5) for s in range(5)]  # restarts at the full-resolution phase
+    assert two == pytest.approx([1.0, 0.75, 0.25, 1.0, 0.5])
