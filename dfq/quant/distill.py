@@ -11,8 +11,9 @@ pixel ratio; the teacher's outputs are cached at both sizes), the last ones the 
 are; the learning rate falls along a cosine within each phase, so the full-resolution steps start
 from `kd_lr` again (progressive resizing).
 What is trained is set by `kd_params`: step sizes and biases ("scales"), or also the weights
-("all"). Images come from a data source: a fixed calibration set in K x M class batches, or a
-live one such as DFAD's generator. Losses stay on the device and reach the host every
+("all"); with `kd_act_scale_lr`, activation step sizes learn at a rate relative to their size.
+Images come from a data source: a fixed calibration set in K x M class batches, or a live one
+such as DFAD's generator. Losses stay on the device and reach the host every
 `log_every` steps.
 """
 
@@ -30,7 +31,7 @@ from dfq.quant.data_source import DataSource, FixedImages, low_res_view
 from dfq.quant.feature_kd import feature_loss, feature_points, stage_features
 from dfq.quant.layers import quant_layers
 from dfq.quant.quant_config import QuantConfig
-from dfq.quant.quantizer import activation_quantizers
+from dfq.quant.quantizer import MIN_SCALE, activation_quantizers
 from dfq.synth.features import penultimate_features
 from dfq.synth.relation import student_relation_loss
 from dfq.synth.student import kd_loss
@@ -46,6 +47,21 @@ def kd_parameters(model: nn.Module, what: str) -> list[nn.Parameter]:
         if what == "all":
             params.append(layer.weight)
     return params
+
+
+def kd_param_groups(model: nn.Module, cfg: QuantConfig) -> list[dict]:
+    """The optimizer's parameter groups: everything `kd_parameters` trains at `kd_lr`, except,
+    with `kd_act_scale_lr` > 0, each activation step size in a group of its own at that rate
+    times its current value (Adam's steps are about lr in size whatever the parameter's scale)."""
+    params = kd_parameters(model, cfg.kd_params)
+    if cfg.kd_act_scale_lr <= 0:
+        return [{"params": params}]
+    own = {id(q.scale): q.scale for q in activation_quantizers(model)}
+    groups = [{"params": [p for p in params if id(p) not in own]}]
+    for scale in own.values():
+        size = float(scale.detach().abs().mean().clamp_min(MIN_SCALE))
+        groups.append({"params": [scale], "lr": cfg.kd_act_scale_lr * size})
+    return groups
 
 
 def distill(
@@ -81,9 +97,10 @@ def distill(
         source = low_source if low_source is not None and n_low == cfg.kd_iters else cached(source)
     student.eval().requires_grad_(False)
     teacher.eval().requires_grad_(False)
-    params = kd_parameters(student, cfg.kd_params)
+    groups = kd_param_groups(student, cfg)
+    params = [p for g in groups for p in g["params"]]
     dev = next(student.parameters()).device
-    opt = torch.optim.Adam(params, lr=cfg.kd_lr, fused=dev.type == "cuda")
+    opt = torch.optim.Adam(groups, lr=cfg.kd_lr, fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _phase_cosine(s, n_low, cfg.kd_iters))
     history: list[dict[str, float]] = []
     relation = cfg.relation_weight > 0

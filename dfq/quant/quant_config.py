@@ -67,6 +67,9 @@ class QuantConfig:
     kd_batch_size: int = 64
     kd_lr: float = 1e-5
     kd_params: str = "scales"  # "scales": step sizes and biases; "all": also weights (STE)
+    # learning rate of each activation step size relative to its value after range init (Adam
+    # moves a parameter about lr a step, so at `kd_lr` a step of 2 hardly moves); 0: `kd_lr`
+    kd_act_scale_lr: float = 0.0
     kd_temperature: float = 4.0
     kd_augment: str = "shift_flip"  # or "flip": teacher logits cached for both orientations
     kd_at_8bit: bool = False  # distill when every layer is 8 bit (gained nothing on train-5k)
@@ -125,8 +128,9 @@ class QuantConfig:
                 f"kd_full_res_iters ({self.kd_full_res_iters}) cannot exceed "
                 f"kd_iters ({self.kd_iters})"
             )
-        if self.kd_feature_weight < 0:
-            raise DfqError(f"kd_feature_weight must be >= 0, got {self.kd_feature_weight}")
+        for name in ("kd_feature_weight", "kd_act_scale_lr"):
+            if getattr(self, name) < 0:
+                raise DfqError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def distills(self) -> bool:
