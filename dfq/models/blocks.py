@@ -41,9 +41,13 @@ def units(
 
 @torch.no_grad()
 def stage_outputs(
-    model: nn.Module, input_size: tuple[int, ...], blocks_only: bool = False
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    blocks_only: bool = False,
+    every_unit: bool = False,
 ) -> list[str]:
-    """Units that end a resolution stage (4-D outputs), in call order, from one forward pass.
+    """Units that end a resolution stage (4-D outputs), in call order, from one forward pass;
+    with `every_unit`, every unit with a 4-D output.
 
     `blocks_only` leaves out bare layers (a stem or head conv whose BN folding changes what its
     output means), so the same names mean the same tensors in a model and its folded copy.
@@ -68,7 +72,7 @@ def stage_outputs(
             h.remove()
     out = []
     for i, (name, size) in enumerate(seen):
-        if i + 1 == len(seen) or seen[i + 1][1] != size:
+        if every_unit or i + 1 == len(seen) or seen[i + 1][1] != size:
             out.append(name)
     return out
 

@@ -78,7 +78,8 @@ def distill(
     points = []  # a data source needs `images` (for their shape) only with feature distillation
     if cfg.kd_feature_weight > 0:
         images = source if isinstance(source, torch.Tensor) else source.images
-        points = feature_points(teacher, tuple(images.shape[1:]))
+        every = cfg.kd_feature_points == "blocks"
+        points = feature_points(teacher, tuple(images.shape[1:]), every_block=every)
     features = bool(points)  # a model without blocks has no stage outputs to compare
     n_low, low_source = 0, None  # steps on the low-resolution copy, which come first
     if isinstance(source, torch.Tensor):

@@ -3,8 +3,9 @@
 Logit distillation gives a few hundred synthetic images one vector each to learn from; the
 outputs of each resolution stage carry far more, and keep every stage near the FP model's
 behaviour rather than only the last (the signal block reconstruction uses, spent network-wide
-in the same steps). The loss per stage is the squared error normalized by the teacher output's
-energy, so stages of any width and scale count alike; the mean over stages is returned.
+in the same steps); `kd_feature_points: blocks` compares every block's output instead. The loss
+per compared output is the squared error normalized by the teacher output's energy, so outputs of
+any width and scale count alike; their mean is returned.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from dfq.models.blocks import stage_outputs
 from dfq.synth.features import captured_outputs
 
 
-def feature_points(teacher: nn.Module, input_size: tuple[int, ...]) -> list[str]:
-    """The blocks whose outputs are compared: each resolution stage's last block (bare layers
-    left out: the student's are BN-folded, the teacher's are not)."""
-    return stage_outputs(teacher, input_size, blocks_only=True)
+def feature_points(
+    teacher: nn.Module, input_size: tuple[int, ...], every_block: bool = False
+) -> list[str]:
+    """The blocks whose outputs are compared: each resolution stage's last block, or with
+    `every_block` each block (bare layers left out: the student's are BN-folded, the teacher's
+    are not)."""
+    return stage_outputs(teacher, input_size, blocks_only=True, every_unit=every_block)
 
 
 @contextmanager

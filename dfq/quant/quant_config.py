@@ -16,6 +16,7 @@ GPTQ_TARGETS = ("weights", "float")
 CLIP_EQUALIZATIONS = ("none", "max", "mse")
 KD_PARAMS = ("all", "scales")
 KD_AUGMENTS = ("shift_flip", "flip")
+KD_FEATURE_POINTS = ("stages", "blocks")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class QuantConfig:
     kd_augment: str = "shift_flip"  # or "flip": teacher logits cached for both orientations
     kd_at_8bit: bool = False  # distill when every layer is 8 bit (gained nothing on train-5k)
     kd_feature_weight: float = 0.0  # stage outputs' normalized distance to FP's (feature_kd)
+    kd_feature_points: str = "stages"  # each resolution stage's last block, or "blocks": each
     # a fixed set's images resized to this longer side for all but the last `kd_full_res_iters`
     # steps (the teacher's outputs cached at both sizes); 0: every step at full resolution
     kd_low_res: int = 0
@@ -95,6 +97,7 @@ class QuantConfig:
             raise DfqError(f"first_last_bits must be 2..8 or 'same', got {self.first_last_bits!r}")
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("kd_augment", self.kd_augment, KD_AUGMENTS)
+        _choice("kd_feature_points", self.kd_feature_points, KD_FEATURE_POINTS)
         self.amp = amp_mode(self.amp)
         if self.log_every < 1 or self.class_images < 0 or self.class_images == 1:
             raise DfqError("log_every must be >= 1 and class_images 0 (automatic) or >= 2")

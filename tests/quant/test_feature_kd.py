@@ -23,7 +23,7 @@ class _Block(nn.Module):
         return self.act(self.conv(x))
 
 
-def test_feature_points_are_the_last_block_of_each_resolution_not_bare_layers():
+def test_feature_points_are_the_last_block_of_each_resolution_or_every_block_not_bare_layers():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),  # a stem: a bare layer
         _Block(4, 4, 1),
@@ -36,6 +36,9 @@ def test_feature_points_are_the_last_block_of_each_resolution_not_bare_layers():
     assert feature_points(model, (3, 16, 16)) == ["1", "2"]
     resnet, _ = load_model("cifar10_resnet20", pretrained=False)
     assert feature_points(resnet, (3, 32, 32)) == ["layer1.2", "layer2.2", "layer3.2"]
+    every = [f"layer{s}.{b}" for s in (1, 2, 3) for b in (0, 1, 2)]
+    assert feature_points(resnet, (3, 32, 32), every_block=True) == every
+    assert feature_points(model, (3, 16, 16), every_block=True) == ["1", "2"]
 
 
 def test_feature_loss_is_the_mean_of_normalized_squared_errors():
@@ -79,12 +82,13 @@ def _cached_feature_cfg(**changes) -> QuantConfig:
     return QuantConfig(**base, kd_augment="flip", log_every=1, **changes)
 
 
-def test_cached_stage_outputs_match_the_teacher_and_spare_its_forward_passes():
+@pytest.mark.parametrize("compared", ["stages", "blocks"])
+def test_cached_stage_outputs_match_the_teacher_and_spare_its_forward_passes(compared):
     torch.manual_seed(0)
     fp, _ = load_model("cifar10_resnet20", pretrained=False)
     calib = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    cfg = _cached_feature_cfg(kd_iters=3)
-    points = feature_points(fp, (3, 32, 32))
+    cfg = _cached_feature_cfg(kd_iters=3, kd_feature_points=compared)
+    points = feature_points(fp, (3, 32, 32), every_block=compared == "blocks")
     models = {cached: copy.deepcopy(fp) for cached in (True, False)}  # before the hook
     histories, step_calls = {}, []  # teacher calls on a distillation batch (8 images)
     handle = fp.register_forward_hook(
