@@ -23,7 +23,9 @@ def _first_step_moves(act_lr: float) -> tuple[list[float], list[float], float]:
     prepare(student, cfg, [calib])
     qs = activation_quantizers(student)
     before = [float(q.scale.detach()) for q in qs]
-    weights = {n: p.detach().clone() for n, p in student.named_parameters() if "weight" in n}
+    weights = {
+        n: p.detach().clone() for n, p in student.named_parameters() if n.endswith(".weight")
+    }
     distill(student, fp, calib, cfg, progress=False)
     moved = [abs(float(q.scale.detach()) - b) for q, b in zip(qs, before, strict=True)]
     params = dict(student.named_parameters())
